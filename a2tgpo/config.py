@@ -42,7 +42,9 @@ class ModelConfig(_Section):
     tiny_hidden: int = Field(128, ge=64, description="Tiny model: hidden size.")
     tiny_layers: int = Field(2, ge=1, description="Tiny model: transformer layers.")
     tiny_heads: int = Field(
-        2, ge=1, description="Tiny model: attention heads (head_dim = hidden/heads; vLLM CPU needs 64)."
+        2,
+        ge=1,
+        description="Tiny model: attention heads (head_dim = hidden/heads; vLLM CPU needs 64).",
     )
     tiny_vocab: int = Field(2048, ge=300, description="Tiny model: BPE vocabulary size.")
     tiny_max_positions: int = Field(2048, ge=256, description="Tiny model: context length.")
@@ -59,7 +61,9 @@ class EnvConfig(_Section):
     )
     seed: int = Field(0, description="Seed of the synthetic world (entities, corpus, questions).")
     num_entities: int = Field(60, ge=8, description="Synthetic world: people per world.")
-    max_hops: int = Field(2, ge=1, le=4, description="Synthetic world: most lookups a question needs.")
+    max_hops: int = Field(
+        2, ge=1, le=4, description="Synthetic world: most lookups a question needs."
+    )
     train_questions: int = Field(2000, ge=1, description="Synthetic world: training questions.")
     eval_questions: int = Field(100, ge=1, description="Synthetic world: held-out questions.")
     dataset: str = Field(
@@ -67,40 +71,51 @@ class EnvConfig(_Section):
     )
     eval_dataset: str = Field("", description="search_qa: held-out prompts file.")
     retriever: Literal["bm25", "http"] = Field(
-        "bm25", description="bm25: local bm25s index over `corpus`. http: a Search-R1 retrieval server."
+        "bm25",
+        description="bm25: local bm25s index over `corpus`. http: a Search-R1 retrieval server.",
     )
     corpus: str = Field(
-        "", description="bm25 over search_qa: a jsonl of passages ({'contents': ...} or {'text': ...})."
+        "",
+        description="bm25 over search_qa: a jsonl of passages ({'contents': ...} or {'text': ...}).",
     )
     retriever_url: str = Field("", description="http: the server's /retrieve URL.")
     topk: int = Field(3, ge=1, description="Passages per search.")
     retriever_timeout_s: float = Field(10.0, gt=0, description="http: per-request timeout.")
-    retriever_retries: int = Field(3, ge=0, description="http: retries with backoff before a tool error.")
+    retriever_retries: int = Field(
+        3, ge=0, description="http: retries with backoff before a tool error."
+    )
 
 
 class RolloutConfig(_Section):
     engine: Literal["vllm", "hf"] = Field(
-        "vllm", description="Generation engine: vLLM (CPU or CUDA build) or HF transformers generate."
+        "vllm",
+        description="Generation engine: vLLM (CPU or CUDA build) or HF transformers generate.",
     )
     prompts_per_iteration: int = Field(16, ge=1, description="Prompts sampled per iteration.")
     group_size: int = Field(8, ge=1, description="G: rollouts per prompt (a group).")
     max_turns: int = Field(4, ge=1, description="Most assistant turns per trajectory.")
     max_turn_tokens: int = Field(48, ge=1, description="Most tokens generated in one turn.")
     max_total_tokens: int = Field(
-        768, ge=16, description="Token budget of a whole trajectory (prompt + turns + observations)."
+        768,
+        ge=16,
+        description="Token budget of a whole trajectory (prompt + turns + observations).",
     )
     max_observation_tokens: int = Field(
         160, ge=8, description="Observations longer than this are cut (head kept)."
     )
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
-    seed: int = Field(0, description="Base seed; each trajectory's seed derives from it and its id.")
+    seed: int = Field(
+        0, description="Base seed; each trajectory's seed derives from it and its id."
+    )
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM CPU: KV cache size in GiB.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism (GPUs).")
 
 
 class RewardConfig(_Section):
-    metric: Literal["em", "f1"] = Field("em", description="Outcome reward: exact match or token F1.")
+    metric: Literal["em", "f1"] = Field(
+        "em", description="Outcome reward: exact match or token F1."
+    )
     format_penalty: float = Field(
         0.0, description="Outcome when the answer tag is missing or malformed (IGPO: -2 on F1)."
     )
@@ -116,13 +131,15 @@ class IGConfig(_Section):
         "prob_diff", description="IG = f(v(h_k)) - f(v(h_k-1)) with f = exp or identity."
     )
     multi_gold: Literal["first", "max"] = Field(
-        "first", description="Several gold answers: score the first, or take the max of v over them."
+        "first",
+        description="Several gold answers: score the first, or take the max of v over them.",
     )
     answer_prefix: str = Field(
         "<answer>", description="Text teacher-forced after a context, before the gold answer."
     )
     answer_suffix: str = Field(
-        "</answer>", description="Text after the gold (it cannot change the gold's causal log-probs)."
+        "</answer>",
+        description="Text after the gold (it cannot change the gold's causal log-probs).",
     )
     tokens_per_batch: int = Field(
         16384, ge=256, description="Token budget of one scoring forward (trajectories + probes)."
@@ -132,11 +149,18 @@ class IGConfig(_Section):
 class EstimatorConfig(_Section):
     name: Literal["grpo", "igpo", "a2tgpo"] = Field("a2tgpo", description="Advantage estimator.")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount of later turns' normalized IG.")
-    clip_eps_low: float = Field(0.2, gt=0, description="PPO lower clip range (before per-turn scaling).")
-    clip_eps_high: float = Field(0.2, gt=0, description="PPO upper clip range (before per-turn scaling).")
-    clip_beta: float = Field(0.3, ge=0, lt=1, description="Adaptive clip strength: c = 1 + beta*tanh(IGn/2).")
+    clip_eps_low: float = Field(
+        0.2, gt=0, description="PPO lower clip range (before per-turn scaling)."
+    )
+    clip_eps_high: float = Field(
+        0.2, gt=0, description="PPO upper clip range (before per-turn scaling)."
+    )
+    clip_beta: float = Field(
+        0.3, ge=0, lt=1, description="Adaptive clip strength: c = 1 + beta*tanh(IGn/2)."
+    )
     turn_group_norm: bool | None = Field(
-        None, description="Normalize IG per (prompt, turn index); off = pooled per prompt. None = default."
+        None,
+        description="Normalize IG per (prompt, turn index); off = pooled per prompt. None = default.",
     )
     variance_rescale: bool | None = Field(
         None, description="Divide the accumulated IG by sqrt(#terms). None = estimator default."
@@ -186,7 +210,9 @@ class WarmstartConfig(_Section):
 
 
 class EvalConfig(_Section):
-    every: int = Field(2, ge=0, description="Evaluate every N iterations (0 = never; also at the end).")
+    every: int = Field(
+        2, ge=0, description="Evaluate every N iterations (0 = never; also at the end)."
+    )
     prompts: int = Field(64, ge=1, description="Held-out prompts per evaluation.")
     sampled_group: int = Field(4, ge=1, description="Samples per prompt in the sampled evaluation.")
 
@@ -196,7 +222,8 @@ class TrackingConfig(_Section):
         "", description="MLflow tracking URI; empty = sqlite:///{storage.root}/mlflow.db (local)."
     )
     experiment: str = Field(
-        "", description="MLflow experiment; empty = 'a2tgpo-<preset family>' so presets compare side by side."
+        "",
+        description="MLflow experiment; empty = 'a2tgpo-<preset family>' so presets compare side by side.",
     )
 
 
@@ -204,7 +231,9 @@ class RunConfig(_Section):
     run_id: str = Field("default", description="Name of the run folder under storage.root.")
     preset: str = Field("a2tgpo", description="Name of the preset this config came from.")
     seed: int = Field(0, description="Global seed.")
-    iterations: int = Field(6, ge=1, description="RL iterations (rollout, score, advantages, train).")
+    iterations: int = Field(
+        6, ge=1, description="RL iterations (rollout, score, advantages, train)."
+    )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Object storage.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
     env: EnvConfig = Field(default_factory=EnvConfig, description="Environment and tools.")

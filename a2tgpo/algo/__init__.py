@@ -1,0 +1,37 @@
+"""The A²TGPO estimator and loss (shared/A2TGPO-SPEC.md): torch and numpy only, no I/O."""
+
+from a2tgpo.algo.advantages import (
+    ESTIMATORS,
+    TurnAdvantages,
+    adaptive_clip_scale,
+    turn_advantage_details,
+    turn_advantages,
+)
+from a2tgpo.algo.ig import IG_MODES, information_gain, information_gain_rows
+from a2tgpo.algo.loss import (
+    AGGREGATIONS,
+    RATIO_LEVELS,
+    aggregate,
+    entropy_from_logits,
+    low_var_kl,
+    policy_loss,
+    turn_mean,
+)
+
+__all__ = [
+    "AGGREGATIONS",
+    "ESTIMATORS",
+    "IG_MODES",
+    "RATIO_LEVELS",
+    "TurnAdvantages",
+    "adaptive_clip_scale",
+    "aggregate",
+    "entropy_from_logits",
+    "information_gain",
+    "information_gain_rows",
+    "low_var_kl",
+    "policy_loss",
+    "turn_advantage_details",
+    "turn_advantages",
+    "turn_mean",
+]
