@@ -1,0 +1,162 @@
+"""The one generation interface the rollout loop and the IG scorer use.
+
+Two implementations: `VLLMEngine` (vLLM's offline `LLM`, CPU or CUDA build) and
+`HFEngine` (a transformers fallback). `make_engine` picks one by name.
+
+Contract shared by both engines:
+  - Token ids in, token ids out. Generated tokens are returned exactly as sampled and
+    are never re-tokenized from text, so the trainer sees the policy's own tokens.
+  - Generation stops at EOS (`<|im_end|>`, kept as the last token id: the caller
+    decides what to do with it), at the first occurrence of a caller's stop string
+    in the decoded text, or after `max_tokens`. When a stop string ends inside a
+    token, the whole token is kept (token ids cannot be split); `text` is then the
+    decode of all kept tokens and may run a few characters past the stop string.
+  - Sampled-token log-probs are the *unscaled* model log-probs, log_softmax(raw
+    logits), whatever the temperature / top-p used for sampling. That is what the
+    trainer recomputes from its own forward pass, so the PPO ratio compares like
+    with like (vLLM: `logprobs_mode="raw_logprobs"`).
+  - `prompt_logprobs` is teacher forcing: log p(tok_j | tok_<j) under the same model.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How to sample one request. temperature 0 = greedy; seed None = engine's RNG."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: bool = True
+    # Benchmarks only: keep sampling past EOS so every sequence has max_tokens.
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        # A list would make the frozen spec unhashable and is easy to pass by mistake.
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+
+@dataclass
+class Generation:
+    """One generated continuation.
+
+    finish_reason: "stop" (a stop string or EOS) or "length" (max_tokens or the
+    context limit). stop_reason: the matched stop string, None for EOS and length.
+    logprobs: one unscaled model log-prob per token id, None if not requested.
+    text: decode of `token_ids` with special tokens (EOS) skipped.
+    """
+
+    token_ids: list[int]
+    logprobs: list[float] | None
+    finish_reason: str
+    stop_reason: str | None = None
+    text: str = ""
+
+
+class Engine(ABC):
+    """A loaded policy that generates in batches and scores token sequences."""
+
+    tokenizer: Any  # the model's Hugging Face tokenizer
+
+    @abstractmethod
+    def generate(
+        self, prompts: list[list[int]], specs: SamplingSpec | list[SamplingSpec]
+    ) -> list[Generation]:
+        """Continue every prompt; all advance together. One spec, or one per prompt."""
+
+    @abstractmethod
+    def prompt_logprobs(self, sequences: list[list[int]], starts: list[int]) -> list[np.ndarray]:
+        """Teacher-forced log p(tok_j | tok_<j) for j in [start, len) of each sequence.
+
+        Returns float64 arrays of length len(seq) - start; start must be >= 1 (the
+        first token has no context to be predicted from).
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the model (and any engine process). Safe to call twice."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def expand_specs(specs: SamplingSpec | list[SamplingSpec], n: int) -> list[SamplingSpec]:
+    """One spec per prompt: broadcast a single spec, or check the list's length."""
+    if isinstance(specs, SamplingSpec):
+        return [specs] * n
+    if len(specs) != n:
+        raise ValueError(f"got {len(specs)} sampling specs for {n} prompts")
+    return list(specs)
+
+
+def check_starts(sequences: list[list[int]], starts: list[int]) -> None:
+    """Validate `prompt_logprobs` arguments (same rules for every engine)."""
+    if len(sequences) != len(starts):
+        raise ValueError(f"got {len(starts)} starts for {len(sequences)} sequences")
+    for i, (seq, start) in enumerate(zip(sequences, starts, strict=True)):
+        if not 1 <= start <= len(seq):
+            raise ValueError(f"sequence {i}: start {start} not in [1, {len(seq)}]")
+
+
+def resolve_dtype(dtype: str) -> str:
+    """'auto' = bfloat16 on a GPU, float32 on CPU (ModelConfig.dtype's rule)."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def make_engine(
+    kind: Literal["vllm", "hf"],
+    model_dir: str | os.PathLike[str],
+    *,
+    dtype: str = "auto",
+    max_model_len: int = 2048,
+    seed: int = 0,
+    kv_cache_gib: float = 1.0,
+    tensor_parallel_size: int = 1,
+    **kwargs: Any,
+) -> Engine:
+    """Load `model_dir` in the named engine. Extra kwargs go to the engine's constructor.
+
+    kv_cache_gib and tensor_parallel_size only matter to vLLM. The vLLM engine
+    starts a child process: call this under `if __name__ == "__main__":` in scripts.
+    """
+    dtype = resolve_dtype(dtype)
+    if kind == "vllm":
+        from a2tgpo.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(
+            model_dir,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            kv_cache_gib=kv_cache_gib,
+            tensor_parallel_size=tensor_parallel_size,
+            **kwargs,
+        )
+    if kind == "hf":
+        from a2tgpo.engines.hf_engine import HFEngine
+
+        return HFEngine(model_dir, dtype=dtype, max_model_len=max_model_len, seed=seed, **kwargs)
+    raise ValueError(f"unknown engine kind {kind!r} (expected 'vllm' or 'hf')")
