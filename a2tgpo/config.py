@@ -60,12 +60,15 @@ class EnvConfig(_Section):
         "search_qa: prompts from a dataset (verl / FlashRAG format) with a configured retriever.",
     )
     seed: int = Field(0, description="Seed of the synthetic world (entities, corpus, questions).")
-    num_entities: int = Field(60, ge=8, description="Synthetic world: people per world.")
+    num_entities: int = Field(
+        16,
+        ge=4,
+        description="Synthetic world: people (cities, companies and countries scale with it). "
+        "Small worlds let the embedded tiny model learn within minutes on a CPU.",
+    )
     max_hops: int = Field(
         2, ge=1, le=4, description="Synthetic world: most lookups a question needs."
     )
-    train_questions: int = Field(2000, ge=1, description="Synthetic world: training questions.")
-    eval_questions: int = Field(100, ge=1, description="Synthetic world: held-out questions.")
     dataset: str = Field(
         "", description="search_qa: training prompts file (verl parquet or FlashRAG jsonl/parquet)."
     )
@@ -135,7 +138,10 @@ class IGConfig(_Section):
         description="Several gold answers: score the first, or take the max of v over them.",
     )
     answer_prefix: str = Field(
-        "<answer>", description="Text teacher-forced after a context, before the gold answer."
+        "<answer> ",
+        description="Text teacher-forced after a context, before the gold answer (the tokens "
+        "covering the gold's characters are scored; IGPO: '\\nNow there's enough information "
+        "to answer\\n</think>\\n<answer>\\n').",
     )
     answer_suffix: str = Field(
         "</answer>",
@@ -195,7 +201,10 @@ class TrainConfig(_Section):
     offload_optimizer: bool = Field(False, description="ZeRO: offload optimizer state to CPU.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
     num_gpus: int = Field(
-        0, ge=0, description="GPUs for the DeepSpeed launcher; 0 = one CPU process (gloo)."
+        0, ge=0, description="GPUs per node for the launcher (torchrun); 0 = train on CPU (gloo)."
+    )
+    cpu_processes: int = Field(
+        1, ge=1, description="CPU training: data-parallel processes (ranks) when num_gpus is 0."
     )
 
 
@@ -203,10 +212,12 @@ class WarmstartConfig(_Section):
     enabled: bool = Field(
         True, description="Supervised warm-start on synthetic demonstrations before RL."
     )
-    examples: int = Field(1500, ge=1, description="Demonstrations to train on.")
-    epochs: int = Field(2, ge=1, description="Passes over the demonstrations.")
+    examples: int = Field(1000, ge=1, description="Demonstrations to train on.")
+    epochs: int = Field(3, ge=1, description="Passes over the demonstrations.")
     learning_rate: float = Field(3e-3, gt=0, description="Warm-start learning rate.")
-    micro_batch_tokens: int = Field(8192, ge=64, description="Tokens per warm-start step.")
+    micro_batch_tokens: int = Field(
+        2048, ge=64, description="Padded tokens per warm-start step (one step per micro-batch)."
+    )
 
 
 class EvalConfig(_Section):

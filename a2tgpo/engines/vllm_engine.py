@@ -67,6 +67,11 @@ class VLLMEngine(Engine):
         for little gain on a tiny model), CUDA graphs on GPU. Extra kwargs go to `LLM`.
         """
         from transformers import AutoTokenizer
+
+        # Spawn, not fork, vLLM's processes: a forked worker inherits every module of
+        # this process, and vLLM's kernel-override scan over sys.modules crashes on
+        # llvmlite's wrappers (numba, loaded by bm25s, the search tool's BM25).
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         from vllm import LLM
         from vllm.platforms import current_platform
 

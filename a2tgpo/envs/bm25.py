@@ -14,6 +14,7 @@ written by an older writer, corrupted, foreign) is rebuilt and replaced.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,9 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import bm25s
 import numpy as np
-from bm25s.stopwords import STOPWORDS_EN
 
 from a2tgpo.envs.retrievers import Passage, as_passages
 
@@ -34,12 +33,21 @@ from a2tgpo.envs.retrievers import Passage, as_passages
 _CACHE_VERSION = "a2tgpo-bm25-v1"
 _MARKER = "a2tgpo-bm25.json"
 _WORD = re.compile(r"\w+")
-_STOP = frozenset(STOPWORDS_EN)
+
+
+@functools.cache
+def _stopwords() -> frozenset[str]:
+    # Imported on first use, not with this module: bm25s loads numba (llvmlite), and
+    # a process that imports it at start-up breaks vLLM's workers (engines/vllm_engine).
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN)
 
 
 def tokenize(text: str) -> list[str]:
     """Lowercase word tokens without English stopwords (corpus and queries alike)."""
-    return [t for t in _WORD.findall(text.lower()) if t not in _STOP]
+    stop = _stopwords()
+    return [t for t in _WORD.findall(text.lower()) if t not in stop]
 
 
 class BM25Retriever:
@@ -82,13 +90,17 @@ class BM25Retriever:
                 h.update(data)
         return h.hexdigest()
 
-    def _build(self) -> bm25s.BM25:
+    def _build(self) -> Any:
+        import bm25s
+
         index = bm25s.BM25(**self.params)
         docs = [tokenize(f"{p.title} {p.text}") for p in self.passages]
         index.index(docs, show_progress=False)
         return index
 
-    def _load(self) -> bm25s.BM25 | None:
+    def _load(self) -> Any:
+        import bm25s
+
         assert self.cache_path is not None
         marker = self.cache_path / _MARKER
         try:
@@ -102,7 +114,7 @@ class BM25Retriever:
         except Exception:  # missing, half-written or corrupt: rebuild
             return None
 
-    def _save(self, index: bm25s.BM25) -> None:
+    def _save(self, index: Any) -> None:
         assert self.cache_path is not None
         final = self.cache_path
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -178,6 +178,11 @@ class SyntheticWorld:
     ) -> list[DemoTurn]:
         """The ideal transcript: one search per hop (the hop's entity), then the gold answer.
 
+        A space follows each opening tag, so a name after a tag is the same token
+        sequence as the name inside a sentence (" Zek Branu" in both): a byte-level
+        BPE tokenizer would otherwise give the first word a different token after
+        the tag, and copying a name would need a learned mapping per name.
+
         Observations come from the real tool, so they are what the agent sees in
         rollouts. A bare retriever is wrapped in a top-3 SearchTool.
         """
@@ -189,9 +194,9 @@ class SyntheticWorld:
         for fact in question.chain:
             observation = tool.run_one(fact.subject)
             turns.append(
-                DemoTurn(f"<search>{fact.subject}</search>", wrap_observation(observation.text))
+                DemoTurn(f"<search> {fact.subject}</search>", wrap_observation(observation.text))
             )
-        turns.append(DemoTurn(f"<answer>{question.golds[0]}</answer>"))
+        turns.append(DemoTurn(f"<answer> {question.golds[0]}</answer>"))
         return turns
 
     @staticmethod

@@ -1,0 +1,71 @@
+"""The scorer interface, and what the HF-model scorers share.
+
+A scorer turns ProbeSets into v values: for each set, one value per boundary (NaN
+where the probe would not fit in the model's context). Scorers differ only in how
+they compute the same numbers (naive, packed, vLLM), and tests hold them equal.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from a2tgpo.scoring.probes import ProbeSet
+
+
+class Scorer(ABC):
+    """Computes v(h) for every boundary of every probe set."""
+
+    max_positions: int | None = None
+
+    @abstractmethod
+    def score(self, probe_sets: Sequence[ProbeSet]) -> list[np.ndarray]:
+        """v per boundary for each set, float64, NaN where the probe does not fit."""
+
+
+class HFScorer(Scorer):
+    """Scorers running an HF causal LM in-process (no grad, eval mode, SDPA attention)."""
+
+    def __init__(self, model: torch.nn.Module, tokens_per_batch: int = 16384):
+        self.model = model.eval()
+        self.tokens_per_batch = tokens_per_batch
+        self.device = next(model.parameters()).device
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+
+    @torch.no_grad()
+    def gold_logprobs(
+        self,
+        hidden: torch.Tensor,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> torch.Tensor:
+        """log p(target) from the hidden states at (row, position): logits only where needed."""
+        picked = hidden[rows, positions]
+        logits = self.model.get_output_embeddings()(picked).float()
+        return torch.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+
+    def hidden_states(self, **inputs) -> torch.Tensor:
+        return self.model.base_model(**inputs, use_cache=False).last_hidden_state
+
+    def batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
+        """Indices grouped so that rows x longest row <= tokens_per_batch (sorted by length)."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        batch: list[int] = []
+        longest = 0
+        for i in order:
+            longest_if_added = max(longest, lengths[i])
+            if batch and longest_if_added * (len(batch) + 1) > self.tokens_per_batch:
+                yield batch
+                batch, longest_if_added = [], lengths[i]
+            batch.append(i)
+            longest = longest_if_added
+        if batch:
+            yield batch
+
+
+def nan_values(probe_sets: Sequence[ProbeSet]) -> list[np.ndarray]:
+    return [np.full(len(s.boundaries), np.nan) for s in probe_sets]

@@ -1,0 +1,41 @@
+"""The vLLM IG scorer: each probe as a prompt, teacher-forced log-probs from the engine.
+
+Probe k of a trajectory is `tokens[:boundary_k] + probe`; the engine returns the
+prompt log-probs of the gold tokens. All probes of a trajectory share their prefix,
+which the engine's prefix cache can reuse; this runs on the rollout engine itself,
+so no second copy of the policy is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from a2tgpo.engines.base import Engine
+from a2tgpo.scoring.base import Scorer, nan_values
+from a2tgpo.scoring.probes import ProbeSet, fits
+
+
+class VLLMScorer(Scorer):
+    def __init__(self, engine: Engine, max_positions: int | None = None):
+        self.engine = engine
+        self.max_positions = max_positions
+
+    def score(self, probe_sets: Sequence[ProbeSet]) -> list[np.ndarray]:
+        values = nan_values(probe_sets)
+        requests = [
+            (i, k)
+            for i, s in enumerate(probe_sets)
+            for k in range(len(s.boundaries))
+            if fits(s, k, self.max_positions)
+        ]
+        if not requests:
+            return values
+        sequences = [probe_sets[i].probe_sequence(k).tolist() for i, k in requests]
+        starts = [probe_sets[i].boundaries[k] + probe_sets[i].gold_offset for i, k in requests]
+        for (i, k), logprobs in zip(
+            requests, self.engine.prompt_logprobs(sequences, starts), strict=True
+        ):
+            values[i][k] = float(np.mean(logprobs))
+        return values

@@ -1,0 +1,90 @@
+"""DeepSpeed set-up: process group, ZeRO config, the engine around an HF policy.
+
+One code path for one CPU process (DS_ACCELERATOR=cpu, gloo; fp32) and for GPUs
+under the `deepspeed` / `torchrun` launcher (nccl; bf16). The optimizer is a plain
+torch AdamW handed to DeepSpeed (`zero_allow_untested_optimizer`), which needs no
+op compilation. Gradient accumulation is driven by the caller through explicit
+boundaries, because token-budget micro-batches vary in number per mini-batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from a2tgpo.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def on_gpu() -> bool:
+    return os.environ.get("DS_ACCELERATOR", "") != "cpu" and torch.cuda.is_available()
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join (or create) the process group; returns (rank, world size)."""
+    import deepspeed
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    if on_gpu():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def train_dtype(config_dtype: str) -> torch.dtype:
+    if config_dtype == "auto":
+        return torch.bfloat16 if on_gpu() else torch.float32
+    return getattr(torch, config_dtype)
+
+
+def deepspeed_config(train: TrainConfig, dtype: torch.dtype) -> dict[str, Any]:
+    zero: dict[str, Any] = {"stage": train.zero_stage}
+    if train.zero_stage == 3 and train.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu()}
+    if train.offload_optimizer and train.zero_stage > 0:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu()}
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,  # boundaries are set explicitly per mini-batch
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def load_policy(policy_dir: str, dtype: torch.dtype, gradient_checkpointing: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        policy_dir, dtype=dtype, attn_implementation="sdpa"
+    )
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    return model
+
+
+def build_engine(policy_dir: str, train: TrainConfig, dtype: torch.dtype):
+    """A DeepSpeed engine training the HF policy in `policy_dir` with AdamW."""
+    import deepspeed
+
+    model = load_policy(policy_dir, dtype, train.gradient_checkpointing)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay, eps=1e-8
+    )
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=deepspeed_config(train, dtype)
+    )
+    return engine

@@ -1,0 +1,216 @@
+"""One policy update: old log-probs, then PPO epochs over mini-batches of micro-batches.
+
+The loss is `a2tgpo.algo.policy_loss` on [sequences, tokens] views of each packed
+micro-batch, with the mini-batch's normalizer as `denominator`, so accumulating the
+micro-batches' gradients gives the mini-batch's loss exactly. DeepSpeed averages
+gradients over data-parallel ranks, so each rank's loss is multiplied by the world
+size. Log-probs are computed only at the positions that predict generated tokens
+, which keeps the vocabulary projection off prompt and tool tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from a2tgpo.algo import aggregate, low_var_kl, policy_loss
+from a2tgpo.config import TrainConfig
+from a2tgpo.training.batching import MicroBatch, shard_for_rank, split_mini_batches
+
+
+def token_logprobs(model, mb: MicroBatch, *, with_entropy: bool = False):
+    """Log-probs (and entropies) of the generated tokens, as [rows, longest] tensors.
+
+    Hidden states come from the base model; the vocabulary projection runs only at
+    the positions that predict a generated token (gathered across rows).
+    """
+    module = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
+    device = next(module.parameters()).device
+    mask = mb.padded("mask", dtype=torch.bool)
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    if cols.numel() and int(cols.min()) == 0:
+        raise ValueError("a generated token at a trajectory's first position has no context")
+    hidden = module.base_model(
+        input_ids=mb.input_ids.to(device),
+        attention_mask=mb.attention_mask.to(device),
+        use_cache=False,
+    ).last_hidden_state
+    rows, cols = rows.to(device), cols.to(device)
+    logits = module.get_output_embeddings()(hidden[rows, cols - 1]).float()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    picked = log_probs.gather(1, mb.input_ids.to(device)[rows, cols].unsqueeze(1)).squeeze(1)
+    out = torch.zeros(mask.shape, device=device, dtype=picked.dtype).index_put((rows, cols), picked)
+    entropy = None
+    if with_entropy:
+        ent = -(log_probs.exp() * log_probs).sum(-1)
+        entropy = torch.zeros(mask.shape, device=device, dtype=ent.dtype).index_put(
+            (rows, cols), ent
+        )
+    return out, entropy
+
+
+@torch.no_grad()
+def frozen_logprobs(model, batches: list[MicroBatch]) -> dict[int, torch.Tensor]:
+    """Log-probs under a model that does not change (old policy, reference), by batch id."""
+    return {id(mb): token_logprobs(model, mb)[0].detach() for mb in batches}
+
+
+@dataclass
+class UpdateStats:
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    by_turn: dict[int, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, stats: dict[str, Any]) -> None:
+        n = stats["tokens"]
+        self.tokens += n
+        for key in (
+            "clip_fraction",
+            "clip_fraction_low",
+            "clip_fraction_high",
+            "dual_clip_fraction",
+            "approx_kl",
+            "ratio_mean",
+        ):
+            self.sums[key] += stats[key] * n
+        for k, (frac, count) in enumerate(
+            zip(
+                stats.get("clip_fraction_by_turn", []), stats.get("tokens_by_turn", []), strict=True
+            )
+        ):
+            self.by_turn[k][0] += frac * count
+            self.by_turn[k][1] += count
+
+    def summary(self) -> dict[str, Any]:
+        n = max(self.tokens, 1)
+        return {
+            "loss_first": self.losses[0] if self.losses else float("nan"),
+            "loss_last": self.losses[-1] if self.losses else float("nan"),
+            "losses": self.losses,
+            "grad_norm_mean": float(np.mean(self.grad_norms)) if self.grad_norms else 0.0,
+            **{key: value / n for key, value in self.sums.items()},
+            "clip_fraction_by_turn": {
+                str(k): c / max(t, 1) for k, (c, t) in sorted(self.by_turn.items())
+            },
+            "trained_tokens": self.tokens,
+            "seconds": self.seconds,
+        }
+
+
+def mini_batch_denominator(group: list[MicroBatch], agg: str) -> float:
+    if agg == "token-mean":
+        return float(sum(mb.loss_tokens for mb in group))
+    return float(sum(int(s.mask.any()) for mb in group for s in mb.samples))
+
+
+def micro_batch_loss(engine, mb: MicroBatch, old, ref, train: TrainConfig, denominator: float):
+    """The loss of one micro-batch (already divided by the mini-batch's denominator)."""
+    device = next(engine.module.parameters()).device
+    logp, entropy = token_logprobs(engine, mb, with_entropy=train.entropy_coef > 0)
+    mask = mb.padded("mask", dtype=torch.bool).to(device)
+    loss, stats = policy_loss(
+        logp,
+        old.to(device),
+        mb.padded("advantage").to(device),
+        mb.padded("eps_low").to(device),
+        mb.padded("eps_high").to(device),
+        mask,
+        dual_clip=train.dual_clip,
+        agg=train.loss_agg,
+        ratio_level=train.ratio_level,
+        turn_ids=mb.padded("turn_ids", fill=-1, dtype=torch.long).to(device),
+        denominator=denominator,
+    )
+    if train.kl_coef > 0:
+        kl = aggregate(low_var_kl(logp, ref.to(device)), mask, train.loss_agg, denominator)
+        loss = loss + train.kl_coef * kl
+    if entropy is not None:
+        loss = loss - train.entropy_coef * aggregate(entropy, mask, train.loss_agg, denominator)
+    return loss, stats
+
+
+def idle_pass(engine) -> torch.Tensor:
+    """A forward whose loss is zero: keeps ZeRO-3's collectives in step across ranks."""
+    device = next(engine.module.parameters()).device
+    ids = torch.zeros(1, 2, dtype=torch.long, device=device)
+    return engine.module(input_ids=ids, use_cache=False).logits.sum() * 0.0
+
+
+def run_update(
+    engine,
+    batches: list[MicroBatch],
+    old: dict[int, torch.Tensor],
+    ref: dict[int, torch.Tensor] | None,
+    train: TrainConfig,
+    rank: int,
+    world: int,
+) -> UpdateStats:
+    """PPO epochs x mini-batches of optimizer steps; returns the update's statistics."""
+    stats = UpdateStats()
+    start = time.perf_counter()
+    engine.train()
+    for _ in range(train.ppo_epochs):
+        for group in split_mini_batches(batches, train.mini_batches):
+            denominator = mini_batch_denominator(group, train.loss_agg)
+            mine = shard_for_rank(group, rank, world)
+            step_loss = 0.0
+            for i, mb in enumerate(mine):
+                engine.set_gradient_accumulation_boundary(i == len(mine) - 1)
+                if mb is None:
+                    loss = idle_pass(engine)
+                else:
+                    loss, loss_stats = micro_batch_loss(
+                        engine, mb, old[id(mb)], ref[id(mb)] if ref else None, train, denominator
+                    )
+                    stats.add(loss_stats)
+                    step_loss += float(loss)
+                engine.backward(loss * world, scale_wrt_gas=False)
+            engine.step()
+            stats.losses.append(_all_reduce_sum(step_loss, next(engine.module.parameters()).device))
+            norm = engine.get_global_grad_norm()
+            stats.grad_norms.append(float(norm) if norm is not None else 0.0)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def run_sft(engine, batches: list[MicroBatch], epochs: int, rank: int, world: int, seed: int):
+    """Likelihood training on the generated tokens: one optimizer step per `world` micro-batches."""
+    stats = UpdateStats()
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    engine.train()
+    device = next(engine.module.parameters()).device
+    for _ in range(epochs):
+        order = [batches[i] for i in rng.permutation(len(batches))]
+        for first in range(0, len(order), world):
+            group = order[first : first + world]
+            mb = group[rank] if rank < len(group) else None
+            engine.set_gradient_accumulation_boundary(True)
+            if mb is None:
+                loss = idle_pass(engine)
+            else:
+                logp, _ = token_logprobs(engine, mb)
+                mask = mb.padded("mask", dtype=torch.bool).to(device)
+                loss = -aggregate(logp, mask, "token-mean")
+                stats.tokens += int(mask.sum())
+            engine.backward(loss, scale_wrt_gas=False)
+            engine.step()
+            stats.losses.append(_all_reduce_sum(float(loss), device) / world)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _all_reduce_sum(value: float, device: torch.device) -> float:
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return float(t)

@@ -1,0 +1,196 @@
+"""The train-step worker: one process per rank, started by `a2tgpo.training.launcher`.
+
+    python -m a2tgpo.training.worker JOB.json          (one CPU process, gloo)
+    torchrun --nproc_per_node N -m a2tgpo.training.worker JOB.json      (GPUs, nccl)
+
+Reads the advantaged dataset, builds the DeepSpeed engine from the input policy
+(and its optimizer state, when the previous step left one), recomputes the old
+log-probs under the pre-update policy, runs the PPO update, and writes into
+`out_dir`: `hf/` (the next policy as an HF folder), `ds/` (engine and optimizer
+state for the next step) and `stats.json`. The launcher commits that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from a2tgpo.config import RunConfig, TrainConfig
+from a2tgpo.data.stage import read_stage
+from a2tgpo.data.storage import Storage
+from a2tgpo.training.batching import pack, samples_from_table, shard_for_rank, split_mini_batches
+from a2tgpo.training.engine import build_engine, init_distributed, load_policy, train_dtype
+from a2tgpo.training.export import export_hf
+from a2tgpo.training.update import frozen_logprobs, idle_pass, run_sft, run_update
+
+log = logging.getLogger("a2tgpo.train")
+
+
+class TrainJob(BaseModel):
+    """What one train step needs; written as JSON by the launcher."""
+
+    config: RunConfig
+    advantaged_uri: str = Field(description="Committed advantaged dataset.")
+    policy_dir: str = Field(description="Local HF folder of the policy to update.")
+    state_dir: str | None = Field(None, description="Local DeepSpeed state of the last step.")
+    reference_dir: str | None = Field(None, description="Local HF folder of the KL reference.")
+    out_dir: str = Field(description="Local folder for hf/, ds/ and stats.json.")
+    policy_version: int = Field(description="Version of the policy this step writes.")
+    mode: Literal["rl", "sft"] = Field(
+        "rl",
+        description="rl: the A²TGPO update on an advantaged dataset. sft: likelihood of "
+        "the generated tokens of a trajectories dataset (the warm-start).",
+    )
+
+
+def check_samples(samples, mode: str) -> None:
+    if not samples:
+        raise ValueError("the input dataset is empty: nothing to train on")
+    if mode == "sft":
+        return
+    for s in samples:
+        if not np.isfinite(s.advantage[s.mask]).all():
+            raise ValueError(f"non-finite advantage in trajectory row {s.index}")
+        if not (np.isfinite(s.eps_low[s.mask]).all() and (s.eps_low[s.mask] > 0).all()):
+            raise ValueError(f"non-positive or non-finite clip range in trajectory row {s.index}")
+
+
+def effective_train_config(job: TrainJob) -> TrainConfig:
+    """The SFT warm-start trains with its own learning rate and token budget."""
+    if job.mode == "rl":
+        return job.config.train
+    ws = job.config.warmstart
+    return job.config.train.model_copy(
+        update={
+            "learning_rate": ws.learning_rate,
+            "micro_batch_tokens": ws.micro_batch_tokens,
+            "ppo_epochs": ws.epochs,
+            "kl_coef": 0.0,
+            "entropy_coef": 0.0,
+        }
+    )
+
+
+def plan_batches(job: TrainJob, train: TrainConfig, rank: int, world: int):
+    schema = "advantaged" if job.mode == "rl" else "trajectories"
+    table = read_stage(Storage(job.config.storage), job.advantaged_uri, schema)
+    samples = samples_from_table(table)
+    check_samples(samples, job.mode)
+    batches, too_long = pack(samples, train.micro_batch_tokens)
+    if too_long:
+        log.warning(
+            "skipped %d trajectories longer than micro_batch_tokens=%d (longest %d)",
+            len(too_long),
+            train.micro_batch_tokens,
+            max(len(s.tokens) for s in too_long),
+        )
+    if not batches:
+        raise ValueError(
+            f"every trajectory is longer than micro_batch_tokens={train.micro_batch_tokens}; raise it"
+        )
+    if job.mode == "sft":
+        return batches, [], {"skipped_too_long": len(too_long), "micro_batches": len(batches)}
+    groups = split_mini_batches(batches, train.mini_batches)
+    owned = [mb for g in groups for mb in shard_for_rank(g, rank, world)]
+    return batches, owned, {"skipped_too_long": len(too_long), "micro_batches": len(batches)}
+
+
+@torch.no_grad()
+def old_logprobs(engine, owned) -> dict[int, torch.Tensor]:
+    """Log-probs under the pre-update policy for this rank's micro-batches (idle passes keep
+    ZeRO-3 ranks in step)."""
+    engine.eval()
+    out = {}
+    for mb in owned:
+        if mb is None:
+            idle_pass(engine)
+        else:
+            out.update(frozen_logprobs(engine, [mb]))
+    return out
+
+
+def mismatch_stats(owned, old: dict[int, torch.Tensor]) -> dict[str, float]:
+    """Engine vs trainer log-probs of the generated tokens, per turn index (this rank)."""
+    sums: dict[str, list[float]] = {}
+    for mb in owned:
+        if mb is None:
+            continue
+        for i, s in enumerate(mb.samples):
+            if s.rollout_logprobs is None:
+                continue
+            diff = old[id(mb)][i, : len(s.tokens)].cpu().numpy() - s.rollout_logprobs
+            for k in np.unique(s.turn_ids[s.mask]):
+                d = diff[s.turn_ids == k]
+                acc = sums.setdefault(str(int(k)), [0.0, 0.0, 0.0])
+                acc[0] += float(np.abs(d).sum())
+                acc[1] += float(d.sum())
+                acc[2] += d.size
+    return {
+        f"turn{k}_{name}": value / max(n, 1)
+        for k, (a, b, n) in sums.items()
+        for name, value in (("abs_diff", a), ("diff", b))
+    }
+
+
+def run(job: TrainJob) -> dict:
+    rank, world = init_distributed()
+    start = time.perf_counter()
+    config = job.config
+    train = effective_train_config(job)
+    dtype = train_dtype(config.model.dtype)
+    batches, owned, batch_info = plan_batches(job, train, rank, world)
+    engine = build_engine(job.policy_dir, train, dtype)
+    if job.state_dir:
+        engine.load_checkpoint(
+            job.state_dir, tag="state", load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+    if job.mode == "sft":
+        stats, old = run_sft(engine, batches, train.ppo_epochs, rank, world, config.seed), {}
+    else:
+        old = old_logprobs(engine, owned)
+        ref = None
+        if train.kl_coef > 0:
+            reference = load_policy(job.reference_dir or job.policy_dir, dtype).to(engine.device)
+            ref = frozen_logprobs(reference, [mb for mb in owned if mb is not None])
+            del reference
+        stats = run_update(engine, batches, old, ref, train, rank, world)
+    out = Path(job.out_dir)
+    export_hf(engine.module, job.policy_dir, out / "hf", dtype=dtype, write=rank == 0)
+    if job.mode == "rl":  # the warm-start's optimizer state (its own lr) must not leak into RL
+        engine.save_checkpoint(str(out / "ds"), tag="state")
+    summary = {
+        **stats.summary(),
+        **batch_info,
+        "mismatch": mismatch_stats(owned, old),
+        "world_size": world,
+        "policy_version": job.policy_version,
+        "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    if rank == 0:
+        if not all(math.isfinite(x) for x in stats.losses):
+            raise FloatingPointError(f"non-finite loss during the update: {stats.losses}")
+        (out / "stats.json").write_text(json.dumps(summary, indent=2))
+    torch.distributed.barrier()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = argv if argv is not None else sys.argv[1:]
+    job = TrainJob.model_validate_json(Path(args[0]).read_text())
+    run(job)
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
