@@ -111,6 +111,12 @@ class RolloutConfig(_Section):
     seed: int = Field(
         0, description="Base seed; each trajectory's seed derives from it and its id."
     )
+    keep_engine: bool = Field(
+        True,
+        description="Keep one engine across iterations and reload each new policy in place "
+        "(one machine, colocated). False: start the engine from every checkpoint and free it "
+        "after the stage (a pod per stage in a cluster).",
+    )
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM CPU: KV cache size in GiB.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism (GPUs).")
 

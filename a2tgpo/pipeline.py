@@ -66,6 +66,14 @@ class RunLayout:
             return self.warmstart
         return config.model.policy or self.init_model
 
+    def latest_policy(self, config: RunConfig) -> tuple[str, int]:
+        """The newest committed checkpoint of the run and its version (else the initial one)."""
+        for k in reversed(range(config.iterations)):
+            uri = self.stage(k, "checkpoint")
+            if read_manifest(self.storage, uri) is not None:
+                return uri, k + 1
+        return self.initial_policy(config), 0
+
     def policy(self, config: RunConfig, iteration: int) -> str:
         """The policy that iteration `iteration` trains (and rolls out with)."""
         if iteration == 0:

@@ -89,6 +89,10 @@ class Engine(ABC):
         """
 
     @abstractmethod
+    def reload_weights(self, model_dir: str) -> None:
+        """Replace the weights with those of `model_dir` (same architecture), in place."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release the model (and any engine process). Safe to call twice."""
 

@@ -53,6 +53,7 @@ class HFEngine(Engine):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self._torch = torch
+        self.model_dir = str(model_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.model: Any = AutoModelForCausalLM.from_pretrained(
@@ -103,6 +104,14 @@ class HFEngine(Engine):
                 picked = logp.gather(-1, target).squeeze(-1)
                 result[i] = picked.double().cpu().numpy()
         return result  # type: ignore[return-value]
+
+    def reload_weights(self, model_dir: str | os.PathLike[str]) -> None:
+        """Load the weights of `model_dir` (same architecture) into the loaded model."""
+        from transformers import AutoModelForCausalLM
+
+        fresh = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=self.model.dtype)
+        self.model.load_state_dict(fresh.state_dict())
+        self.model_dir = str(model_dir)
 
     def close(self) -> None:
         self.model = None

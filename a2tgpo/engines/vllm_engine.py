@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,40 @@ from a2tgpo.engines.base import (
 
 # vLLM's CPU default for one scheduler step's token budget (offline `LLM`).
 _CPU_STEP_TOKENS = 4096
+
+
+EMBED_TOKENS = "model.embed_tokens.weight"
+LM_HEAD = "lm_head.weight"
+
+
+def _layer_of(name: str) -> str:
+    """The module a parameter belongs to for bucketing: `model.layers.<i>` or its parent."""
+    parts = name.split(".")
+    if "layers" in parts:
+        i = parts.index("layers")
+        return ".".join(parts[: i + 2])
+    return ".".join(parts[:-1])
+
+
+def _tied_embeddings(model_dir: str | os.PathLike[str]) -> bool:
+    import json
+    from pathlib import Path
+
+    config = Path(model_dir) / "config.json"
+    return config.exists() and bool(json.loads(config.read_text()).get("tie_word_embeddings"))
+
+
+def _read_tensor(model_dir: str | os.PathLike[str], name: str) -> Any:
+    """One tensor from an HF folder's safetensors shards (only that tensor is read)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    for shard in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            if name in f.keys():  # noqa: SIM118 - safe_open has keys(), not __contains__
+                return f.get_tensor(name)
+    raise KeyError(f"{name} not found in {model_dir}")
 
 
 class VLLMEngine(Engine):
@@ -95,6 +130,7 @@ class VLLMEngine(Engine):
             kwargs["max_num_batched_tokens"] = max(max_model_len, _CPU_STEP_TOKENS)
         kwargs.update(llm_kwargs)
         self.model_dir = str(model_dir)
+        self._config_tied = _tied_embeddings(model_dir)
         self.max_model_len = max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.llm: Any = LLM(**kwargs)
@@ -131,6 +167,79 @@ class VLLMEngine(Engine):
             lps = _pick_logprobs(out.prompt_logprobs, seq, start)
             result.append(np.asarray(lps, dtype=np.float64))
         return result
+
+    def reload_weights(self, model_dir: str | os.PathLike[str]) -> None:
+        """Load the weights of `model_dir` (same architecture) into the running engine.
+
+        vLLM reads the new folder's safetensors shard by shard in its workers: nothing
+        is gathered in this process. The prefix cache is reset, since cached KV blocks
+        belong to the old weights.
+        """
+        if self._tied:  # first: the full reload below then keeps this head (see `_tied`)
+            self._reload_tied_head(model_dir)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_dir)})
+        self.llm.reset_prefix_cache()
+        self.model_dir = str(model_dir)
+
+    def _reload_tied_head(self, model_dir: str | os.PathLike[str]) -> None:
+        """Load the new embedding again as `lm_head.weight`, from a one-tensor folder."""
+        self._load_bucket({LM_HEAD: _read_tensor(model_dir, EMBED_TOKENS)})
+
+    def load_weights(
+        self, named_tensors: Iterable[tuple[str, Any]], bucket_bytes: int = 256 << 20
+    ) -> int:
+        """Stream (name, tensor) pairs into the running engine, one bucket at a time.
+
+        For a trainer that gathers one parameter at a time (ZeRO-3): at most one bucket
+        (~bucket_bytes) is held here, never the whole model. Each bucket goes through a
+        one-shard safetensors folder in shared memory, which the workers reload in
+        place; vLLM 0.32's RPC turns tensors in `weights_iterator` into lists, so
+        handing tensors over directly does not work. Returns the number of buckets.
+        """
+        buckets = 0
+        bucket: dict[str, Any] = {}
+        size, group = 0, None
+        for name, tensor in named_tensors:
+            # Cut only between layers: vLLM fuses q/k/v and gate/up, and a layer reloaded
+            # from part of its tensors is processed half-loaded (garbage weights).
+            if size >= bucket_bytes and _layer_of(name) != group:
+                self._load_bucket(bucket)
+                buckets, bucket, size = buckets + 1, {}, 0
+            group = _layer_of(name)
+            bucket[name] = tensor
+            if self._tied and name == EMBED_TOKENS:
+                bucket[LM_HEAD] = tensor.clone()  # see `_tied`; a copy: safetensors refuses aliases
+            size += tensor.numel() * tensor.element_size()
+        if bucket:
+            self._load_bucket(bucket)
+            buckets += 1
+        self.llm.reset_prefix_cache()
+        self.model_dir = "<streamed>"
+        return buckets
+
+    def _load_bucket(self, tensors: dict[str, Any]) -> None:
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.TemporaryDirectory(prefix="a2tgpo-weights-", dir=shm) as folder:
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()},
+                os.path.join(folder, "model.safetensors"),
+            )
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
+
+    @property
+    def _tied(self) -> bool:
+        """Whether the LM head shares the input embeddings' weight.
+
+        A tied checkpoint has no `lm_head.weight`, and vLLM 0.32's layer-wise reload
+        then puts the head's *old* tensor back ("ParallelLMHead: Failed to load
+        weights"), untying it: log-probs were off by ~1e-2 after one RL step. So the
+        embedding is sent again under the head's name.
+        """
+        return self._config_tied
 
     def close(self) -> None:
         llm, self.llm = self.llm, None

@@ -13,7 +13,9 @@ engine/trainer mismatch per turn.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,11 +24,12 @@ from tqdm.auto import tqdm
 
 from a2tgpo.config import RunConfig
 from a2tgpo.data.manifest import Manifest
+from a2tgpo.data.schemas import TRAJECTORIES
 from a2tgpo.data.stage import read_manifest, read_stage, write_stage
 from a2tgpo.data.storage import Storage
 from a2tgpo.engines.base import Engine
 from a2tgpo.envs.rewards import score_response
-from a2tgpo.envs.tools import SearchTool
+from a2tgpo.envs.tools import SearchTool, make_search_tool
 from a2tgpo.rollout.agent import AgentLoop, Episode, derive_seed
 
 log = logging.getLogger(__name__)
@@ -95,8 +98,6 @@ def trajectories_table(
                 "rollout_logprobs": ep.logprobs,
             }
         )
-    from a2tgpo.data.schemas import TRAJECTORIES
-
     return pa.Table.from_pylist(rows, schema=TRAJECTORIES)
 
 
@@ -117,6 +118,21 @@ def rollout_stats(table: pa.Table) -> dict[str, Any]:
         "generated_tokens": generated,
         "finish_reasons": dict(Counter(table.column("finish_reason").to_pylist())),
         "actions": dict(actions),
+        "by_source": metrics_by_source(table),
+    }
+
+
+def metrics_by_source(table: pa.Table) -> dict[str, dict[str, float]]:
+    """EM, F1 and count per data source (the benchmarks of search QA)."""
+    sources = np.array(table.column("data_source").to_pylist())
+    em, f1 = table.column("em").to_numpy(), table.column("f1").to_numpy()
+    return {
+        str(src): {
+            "em": float(em[sources == src].mean()),
+            "f1": float(f1[sources == src].mean()),
+            "count": int((sources == src).sum()),
+        }
+        for src in np.unique(sources)
     }
 
 
@@ -146,9 +162,7 @@ def run_rollout(
     prompts = read_stage(storage, prompts_uri, "prompts")
     if prompts.num_rows == 0:
         raise ValueError(f"prompts dataset {prompts_uri} is empty")
-    from a2tgpo.envs.tools import make_search_tool
-
-    tool = tool or make_search_tool(config.env, cache_dir=local_cache_dir(config))
+    tool = tool or make_search_tool(config.env, cache_dir=local_cache_dir())
     own_engine = engine is None
     if own_engine:
         from a2tgpo.engines import make_engine
@@ -188,11 +202,8 @@ def engine_options(config: RunConfig) -> dict[str, Any]:
     }
 
 
-def local_cache_dir(config: RunConfig) -> str:
-    """A local folder for caches (BM25 indexes, materialized checkpoints)."""
-    import os
-    from pathlib import Path
-
+def local_cache_dir() -> str:
+    """A local folder for caches (BM25 indexes, materialized checkpoints): $A2TGPO_CACHE."""
     root = os.environ.get("A2TGPO_CACHE") or str(Path.home() / ".cache" / "a2tgpo")
     Path(root).mkdir(parents=True, exist_ok=True)
     return root

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from a2tgpo.config import RunConfig
@@ -72,20 +73,39 @@ def worker_commands(config: RunConfig, job_path: Path) -> list[tuple[list[str], 
     ]
 
 
-def launch(config: RunConfig, job: TrainJob, log_path: Path) -> dict:
-    """Run the workers to completion; returns the stats the worker wrote."""
+def launch(config: RunConfig, job: TrainJob, log_path: Path, stream: bool = False) -> dict:
+    """Run the workers to completion; returns the stats the worker wrote.
+
+    Output goes to `log_path`; with `stream`, rank 0's output is also copied to stderr
+    (progress bars of a CLI run).
+    """
     job_path = Path(job.out_dir).parent / "job.json"
     job_path.write_text(job.model_dump_json())
-    procs = []
-    with open(log_path, "w") as log_file:
-        for argv, extra in worker_commands(config, job_path):
+    procs, copiers = [], []
+    with open(log_path, "w", buffering=1) as log_file:
+        for rank, (argv, extra) in enumerate(worker_commands(config, job_path)):
             env = {**os.environ, **extra}
-            procs.append(subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT))
+            tee = stream and rank == 0
+            proc = subprocess.Popen(
+                argv, env=env, stderr=subprocess.STDOUT, stdout=subprocess.PIPE if tee else log_file
+            )
+            if tee:
+                copiers.append(threading.Thread(target=_tee, args=(proc.stdout, log_file)))
+                copiers[-1].start()
+            procs.append(proc)
         codes = [p.wait() for p in procs]
+        for thread in copiers:
+            thread.join()
     if any(codes):
         tail = log_path.read_text()[-4000:]
         raise RuntimeError(f"train-step workers failed (exit codes {codes}); log tail:\n{tail}")
     return json.loads((Path(job.out_dir) / "stats.json").read_text())
+
+
+def _tee(pipe, log_file) -> None:
+    for line in iter(pipe.readline, b""):
+        log_file.write(line.decode(errors="replace"))
+        sys.stderr.write(line.decode(errors="replace"))
 
 
 def run_train_step(
@@ -97,6 +117,7 @@ def run_train_step(
     policy_version: int,
     reference_uri: str | None = None,
     mode: str = "rl",
+    stream: bool = False,
 ) -> Manifest:
     """Update the policy in `policy_uri` on `advantaged_uri`; commit it at `out_uri`.
 
@@ -123,7 +144,7 @@ def run_train_step(
             policy_version=policy_version,
             mode=mode,
         )
-        stats = launch(config, job, Path(work) / "worker.log")
+        stats = launch(config, job, Path(work) / "worker.log", stream=stream)
         return commit_directory(
             storage,
             out_dir,

@@ -1,0 +1,144 @@
+"""Named experiments: functions returning a full RunConfig (no pile of flags).
+
+`embedded` is what `make run` trains: the project's tiny model on the synthetic
+multi-hop world, on 2 CPU cores in minutes. The estimator presets are the paper's
+comparison at that scale: GRPO and IGPO baselines, A²TGPO, and A²TGPO with each of
+its three components switched off. They share one MLflow experiment
+(`a2tgpo-estimators-<env>`), so the dashboard shows them side by side.
+
+`search_qa_7b` is the reference recipe for a cluster (IGPO's hyperparameters on
+Qwen2.5-7B-Instruct with a Search-R1 retrieval server); apply it with overrides for
+paths and GPU counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from a2tgpo.config import RunConfig, apply_overrides
+
+
+def embedded() -> RunConfig:
+    """The default run: tiny model, synthetic 2-hop world, vLLM on CPU, ZeRO-3 on CPU."""
+    return RunConfig(preset="embedded")
+
+
+def _estimator(preset_name: str, **estimator: Any) -> RunConfig:
+    config = embedded()
+    return config.model_copy(
+        update={
+            "preset": preset_name,
+            "estimator": config.estimator.model_copy(update=estimator),
+        }
+    )
+
+
+def grpo() -> RunConfig:
+    """Outcome-only GRPO: one advantage per trajectory, constant clip."""
+    return _estimator("grpo", name="grpo")
+
+
+def igpo() -> RunConfig:
+    """IGPO: IG normalized per prompt (pooled), plain discounted sum, alpha = 1."""
+    return _estimator("igpo", name="igpo")
+
+
+def a2tgpo() -> RunConfig:
+    """A²TGPO: per-(prompt, turn) normalization, sqrt(n) rescale, adaptive turn clips."""
+    return _estimator("a2tgpo", name="a2tgpo")
+
+
+def a2tgpo_no_turn_norm() -> RunConfig:
+    """Ablation: pooled IG normalization (as IGPO), the other two components on."""
+    return _estimator("a2tgpo-no-turn-norm", name="a2tgpo", turn_group_norm=False)
+
+
+def a2tgpo_no_rescale() -> RunConfig:
+    """Ablation: no division by sqrt(#terms)."""
+    return _estimator("a2tgpo-no-rescale", name="a2tgpo", variance_rescale=False)
+
+
+def a2tgpo_no_adaptive_clip() -> RunConfig:
+    """Ablation: constant clip range."""
+    return _estimator("a2tgpo-no-adaptive-clip", name="a2tgpo", adaptive_clip=False)
+
+
+def search_qa_7b() -> RunConfig:
+    """Reference cluster recipe (IGPO's settings): Qwen2.5-7B-Instruct, 32 prompts x 16."""
+    return apply_overrides(
+        RunConfig(preset="search-qa-7b"),
+        [
+            "model.policy=Qwen/Qwen2.5-7B-Instruct",
+            "model.dtype=bfloat16",
+            "env.kind=search_qa",
+            "env.retriever=http",
+            "env.retriever_url=http://retriever:8000/retrieve",
+            "env.topk=3",
+            "rollout.prompts_per_iteration=32",
+            "rollout.group_size=16",
+            "rollout.max_turns=10",
+            "rollout.max_turn_tokens=512",
+            "rollout.max_total_tokens=8192",
+            "rollout.max_observation_tokens=512",
+            "rollout.keep_engine=false",
+            "rollout.tensor_parallel_size=2",
+            "reward.metric=f1",
+            "reward.format_penalty=-2.0",
+            "ig.answer_prefix=\nNow there's enough information to answer\n</think>\n<answer>\n",
+            "ig.answer_suffix=\n</answer>",
+            "train.learning_rate=1e-6",
+            # the released A²TGPO recipe: one ratio per turn, with much smaller clip ranges
+            "train.ratio_level=turn",
+            "estimator.clip_eps_low=0.003",
+            "estimator.clip_eps_high=0.004",
+            "train.kl_coef=0.001",
+            "train.entropy_coef=0.001",
+            "train.micro_batch_tokens=16384",
+            "train.mini_batches=4",
+            "train.num_gpus=8",
+            "train.gradient_checkpointing=true",
+            "warmstart.enabled=false",
+            "iterations=300",
+            "eval.every=10",
+            "eval.prompts=512",
+        ],
+    )
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "embedded": embedded,
+    "grpo": grpo,
+    "igpo": igpo,
+    "a2tgpo": a2tgpo,
+    "a2tgpo-no-turn-norm": a2tgpo_no_turn_norm,
+    "a2tgpo-no-rescale": a2tgpo_no_rescale,
+    "a2tgpo-no-adaptive-clip": a2tgpo_no_adaptive_clip,
+    "search-qa-7b": search_qa_7b,
+}
+
+
+def preset(name: str) -> RunConfig:
+    """The config of a named preset."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def resolve_config(
+    name: str = "embedded",
+    overrides: dict[str, Any] | list[str] | None = None,
+    config: RunConfig | dict | None = None,
+) -> RunConfig:
+    """A full config: `config` if given, else the preset; then the overrides on top."""
+    base = RunConfig.model_validate(config) if config is not None else preset(name)
+    if not overrides:
+        return base
+    if isinstance(overrides, dict):
+        import json
+
+        overrides = [
+            f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()
+        ]
+    return apply_overrides(base, list(overrides))

@@ -1,0 +1,112 @@
+"""One MLflow run per flow run: params, per-iteration metrics, figures, references.
+
+The tracking URI defaults to a sqlite file beside the local storage root (MLflow 3
+refuses a plain `file:` store); any server works by URI. The run is tagged with the
+Prefect flow-run id and the preset; checkpoints are referenced by URI in tags, never
+uploaded. Only the config tree is logged as params, and it holds no credentials
+(storage credentials come from the environment).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from a2tgpo.config import RunConfig, flatten
+
+PARAM_BATCH = 100  # MLflow accepts at most 100 params per batch call
+
+
+def tracking_uri(config: RunConfig) -> str:
+    if config.tracking.mlflow_uri:
+        return config.tracking.mlflow_uri
+    root = config.storage.root
+    base = Path(root) if "://" not in root else Path("runs")
+    base.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(base / 'mlflow.db').resolve()}"
+
+
+def experiment_name(config: RunConfig) -> str:
+    return config.tracking.experiment or f"a2tgpo-estimators-{config.env.kind}"
+
+
+def artifact_root(config: RunConfig) -> str | None:
+    """Local runs keep MLflow's artifacts beside the data; a server decides its own."""
+    if config.tracking.mlflow_uri or "://" in config.storage.root:
+        return None
+    return (Path(config.storage.root) / "mlflow-artifacts").resolve().as_uri()
+
+
+class RunTracker:
+    """An MLflow run written through the client API (safe from Prefect's task threads)."""
+
+    def __init__(self, config: RunConfig, *, flow_run_id: str | None = None, run_name: str = ""):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri(config)
+        self.client = MlflowClient(self.uri)
+        name = experiment_name(config)
+        experiment = self.client.get_experiment_by_name(name)
+        self.experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else self.client.create_experiment(name, artifact_location=artifact_root(config))
+        )
+        tags = {
+            "a2tgpo.run_id": config.run_id,
+            "a2tgpo.preset": config.preset,
+            "a2tgpo.estimator": config.estimator.name,
+        }
+        if flow_run_id:
+            tags["prefect.flow_run_id"] = flow_run_id
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name or f"{config.preset}-{config.run_id}", tags=tags
+        )
+        self.run_id = run.info.run_id
+        self.log_params(flatten(config))
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), PARAM_BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + PARAM_BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
+    def log_figure(self, figure: Any, path: str) -> None:
+        self.client.log_figure(self.run_id, figure, path)
+
+    def log_dict(self, data: dict, path: str) -> None:
+        self.client.log_dict(self.run_id, data, path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    def url(self) -> str:
+        """Where to look: the UI address for a server, the `mlflow ui` command for sqlite."""
+        if self.uri.startswith("http"):
+            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"mlflow ui --backend-store-uri {self.uri}  (experiment {self.experiment_id}, run {self.run_id})"
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def disable_mlflow_telemetry() -> None:
+    """No network calls home from a sandboxed run."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")

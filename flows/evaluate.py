@@ -1,0 +1,68 @@
+"""# The evaluation flow
+
+EM and F1 per data source on the run's held-out prompts, greedy and sampled, for one
+policy: by default the run's newest committed checkpoint. Writes two trajectories
+datasets under `{run}/evaluations/v<version>/`, logs the numbers to an MLflow run of
+its own (tagged with the flow-run id) and a Prefect table artifact.
+
+    a2tgpo evaluate                                     # newest checkpoint of the default run
+    a2tgpo evaluate --set env.kind=search_qa --set env.eval_dataset=.../test.parquet ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from a2tgpo.config import RunConfig
+from a2tgpo.pipeline import RunLayout
+from a2tgpo.presets import resolve_config
+from a2tgpo.rollout.session import EngineSession
+from a2tgpo.tracking.mlflow_logger import RunTracker, disable_mlflow_telemetry
+from flows import tasks
+from flows.reporting import Reporter
+
+
+@flow(name="a2tgpo-evaluate", log_prints=True)
+def evaluate_flow(
+    preset: str = "embedded",
+    overrides: dict[str, Any] | None = None,
+    policy_uri: str = "",
+    config: RunConfig | None = None,
+) -> dict[str, Any]:
+    """Evaluate a policy (default: the run's newest checkpoint); returns EM/F1 per source."""
+    disable_mlflow_telemetry()
+    config = resolve_config(preset, overrides, config)
+    layout = RunLayout.of(config)
+    uris = tasks.prepare(config)
+    version = 0
+    if not policy_uri:
+        policy_uri, version = layout.latest_policy(config)
+    tracker = RunTracker(
+        config, flow_run_id=flow_run.get_id(), run_name=f"eval-{config.run_id}-v{version}"
+    )
+    reporter = Reporter(config, tracker, total_steps=1)
+    status = "FAILED"
+    try:
+        with EngineSession(config) as session:
+            results, seconds = tasks.evaluate(
+                config,
+                policy_uri,
+                version,
+                uris["eval_prompts"],
+                layout.uri("evaluations", f"v{version:05d}", "eval"),
+                session,
+            )
+        reporter.evaluation(version, results, seconds)
+        reporter.step_done()
+        tracker.set_tag("a2tgpo.policy_uri", policy_uri)
+        status = "FINISHED"
+        return {mode: m.stats["by_source"] for mode, m in results.items()} | {"policy": policy_uri}
+    finally:
+        tracker.finish(status)
+
+
+if __name__ == "__main__":
+    evaluate_flow()
