@@ -1,0 +1,152 @@
+"""`prefect deploy --all` of deployments/prefect.yaml against a real Prefect server.
+
+Starts `prefect server start` on 127.0.0.1 (own PREFECT_HOME, analytics and UI off),
+creates both work pools with the commands infra/README.md gives (the Kubernetes one
+from the project's base job template, which the server validates), runs
+`prefect deploy` from the repository root as a user would, and reads the deployments
+back over the REST API. The server checks parameters against the flows' schemas and
+job variables against the pool's template on the way in.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import yaml
+
+from tests.infra.helpers import (
+    JOB_TEMPLATE,
+    K8S_POOL,
+    LOCAL_POOL,
+    PREFECT_YAML,
+    ROOT,
+    deployments,
+    job_template,
+)
+
+PREFECT = [sys.executable, "-m", "prefect"]  # the CLI of the interpreter running the tests
+STARTUP_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """(api_url, env) of a fresh Prefect server; stopped (its process group) afterwards."""
+    if not (ROOT / "flows" / "train.py").exists():
+        pytest.skip("flows/train.py does not exist yet: nothing to deploy")
+    home = tmp_path_factory.mktemp("prefect-home")  # must exist before start-up
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=api_url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_CLI_COLORS="false",
+    )
+    log = open(home / "server.log", "w")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stop it and its children
+    )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            assert server.poll() is None, (home / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "Prefect server did not start in time"
+            time.sleep(0.5)
+        yield api_url, env
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def prefect_cli(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [*PREFECT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_prefect_deploy_all(prefect_server):
+    api_url, env = prefect_server
+    prefect_cli(env, "work-pool", "create", LOCAL_POOL, "--type", "process")
+    prefect_cli(
+        env,
+        "work-pool",
+        "create",
+        K8S_POOL,
+        "--type",
+        "kubernetes",
+        "--base-job-template",
+        str(JOB_TEMPLATE.relative_to(ROOT)),
+    )
+    prefect_cli(
+        env, "--no-prompt", "deploy", "--prefect-file", str(PREFECT_YAML.relative_to(ROOT)), "--all"
+    )
+
+    with httpx.Client(base_url=api_url, timeout=10) as api:
+        pool = api.get(f"/work_pools/{K8S_POOL}").raise_for_status().json()
+        assert pool["type"] == "kubernetes"
+        assert pool["base_job_template"] == job_template()
+        flows = {f["id"]: f["name"] for f in api.post("/flows/filter", json={}).json()}
+        stored = {
+            (flows[d["flow_id"]], d["name"]): d
+            for d in api.post("/deployments/filter", json={}).raise_for_status().json()
+        }
+
+    flow_names = {"train_flow": "a2tgpo-train", "evaluate_flow": "a2tgpo-evaluate"}
+    expected = deployments()
+    assert len(stored) == len(expected)
+    for spec in expected:
+        key = (flow_names[spec["entrypoint"].rsplit(":", 1)[1]], spec["name"])
+        got = stored[key]
+        assert got["entrypoint"] == spec["entrypoint"]
+        assert got["work_pool_name"] == spec["work_pool"]["name"]
+        assert got["parameters"] == spec["parameters"]
+        assert got["job_variables"] == spec["work_pool"].get("job_variables", {})
+        assert got["tags"] == spec["tags"]
+        assert got["enforce_parameter_schema"] is True
+        directory = "/opt/a2tgpo" if spec["work_pool"]["name"] == K8S_POOL else str(ROOT)
+        assert got["pull_steps"] == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": directory}}
+        ]
+        limit = (got.get("global_concurrency_limit") or {}).get("limit")
+        assert limit == spec.get("concurrency_limit"), key
+        schedules = [
+            (s["schedule"]["cron"], s["schedule"]["timezone"], s["active"])
+            for s in got["schedules"]
+        ]
+        assert schedules == [
+            (s["cron"], s["timezone"], s["active"]) for s in spec.get("schedules", [])
+        ]
+    # The file was deployed as written: no `prefect deploy` prompt rewrote it.
+    assert yaml.safe_load(PREFECT_YAML.read_text())["deployments"] == expected
