@@ -1,4 +1,9 @@
-"""Shared fixtures: a real S3 endpoint (moto's server on 127.0.0.1) and store configs.
+"""Shared fixtures: a real S3 endpoint (moto's server on 127.0.0.1) and store configs, and
+one tiny model with one engine of each kind for the whole session.
+
+The vLLM engine starts once per session (~30 s on CPU: an engine-core child process
+and a warm-up) and is shut down explicitly at session end; every suite that needs a
+real engine shares it.
 
 `s3_endpoint` starts moto's ThreadedMotoServer once per session (as s3fs's own test
 suite does), creates the bucket `BUCKET` and sets dummy AWS credentials in the
@@ -12,10 +17,81 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from a2tgpo.config import StorageConfig
+
+# Before vllm is first imported: its INFO logs would drown pytest's output.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+CORPUS_LINES = [
+    "<think>I need the mother of Alice Smith.</think> <search>Alice Smith mother</search>",
+    "<information>Doc 1: Alice Smith was born in Paris. Her mother is Carol Jones.</information>",
+    "<think>Carol Jones is the mother, so that is the answer.</think> <answer>Carol Jones</answer>",
+    "Question: where was the father of Bob Brown born? Answer with the name of a city.",
+    "<search>Bob Brown father</search> <information>Bob Brown's father is Dan Brown.</information>",
+    "The quick brown fox jumps over the lazy dog; numbers 12345 and unicode: Zürich, 東京.",
+]
+MAX_MODEL_LEN = 512
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    return CORPUS_LINES * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, corpus: list[str]) -> Path:
+    from a2tgpo.engines import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def chat_prompts(tokenizer) -> list[list[int]]:
+    """A few ChatML prompts ending in the assistant header, as token ids."""
+    questions = ["Who is the mother of Alice Smith?", "Where was Bob born?", "Name a city."]
+    text = [
+        tokenizer.apply_chat_template(
+            [{"role": "system", "content": "Search, then answer."}, {"role": "user", "content": q}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        for q in questions
+    ]
+    return [tokenizer.encode(t) for t in text]
+
+
+@pytest.fixture(scope="session")
+def hf_engine(tiny_model_dir: Path):
+    from a2tgpo.engines import make_engine
+
+    with make_engine("hf", tiny_model_dir, dtype="float32", max_model_len=MAX_MODEL_LEN) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_model_dir: Path):
+    pytest.importorskip("vllm")
+    from a2tgpo.engines import make_engine
+
+    engine = make_engine(
+        "vllm", tiny_model_dir, dtype="float32", max_model_len=MAX_MODEL_LEN, kv_cache_gib=0.5
+    )
+    try:
+        yield engine
+    finally:
+        engine.close()
+
 
 BUCKET = "a2tgpo-test"
 REGION = "us-east-1"

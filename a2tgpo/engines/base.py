@@ -40,6 +40,10 @@ class SamplingSpec:
     logprobs: bool = True
     # Benchmarks only: keep sampling past EOS so every sequence has max_tokens.
     ignore_eos: bool = False
+    # Constrain the output to this regex (vLLM structured outputs): scripted policies
+    # in tests, format-constrained sampling. The HF engine refuses it. vLLM then returns
+    # log-probs of the constrained distribution, not of the raw model.
+    regex: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

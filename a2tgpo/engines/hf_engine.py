@@ -72,6 +72,8 @@ class HFEngine(Engine):
     def generate(
         self, prompts: list[list[int]], specs: SamplingSpec | list[SamplingSpec]
     ) -> list[Generation]:
+        if any(s.regex for s in ([specs] if isinstance(specs, SamplingSpec) else specs)):
+            raise ValueError("the hf engine does not support regex-constrained sampling; use vllm")
         specs = expand_specs(specs, len(prompts))
         for i, p in enumerate(prompts):
             if not 1 <= len(p) < self.max_model_len:

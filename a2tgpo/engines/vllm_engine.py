@@ -253,6 +253,9 @@ class VLLMEngine(Engine):
 
     def _sampling_params(self, spec: SamplingSpec) -> Any:
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = StructuredOutputsParams(regex=spec.regex) if spec.regex else None
 
         return SamplingParams(
             n=1,
@@ -262,6 +265,7 @@ class VLLMEngine(Engine):
             seed=spec.seed,
             stop=list(spec.stop) or None,
             include_stop_str_in_output=True,
+            structured_outputs=structured,
             ignore_eos=spec.ignore_eos,
             logprobs=0 if spec.logprobs else None,
             flat_logprobs=True,  # a few flat lists instead of one dict per token

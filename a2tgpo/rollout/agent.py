@@ -91,10 +91,18 @@ class ObservationTokens:
 class AgentLoop:
     """Runs episodes to completion with one engine and one search tool."""
 
-    def __init__(self, engine: Engine, tool: SearchTool, config: RolloutConfig):
+    def __init__(
+        self,
+        engine: Engine,
+        tool: SearchTool,
+        config: RolloutConfig,
+        turn_regex: Callable[[Episode, int], str | None] | None = None,
+    ):
+        """`turn_regex(episode, turn)` may constrain a turn's text (vLLM): scripted policies."""
         self.engine = engine
         self.tool = tool
         self.config = config
+        self.turn_regex = turn_regex
         self.observation_tokens = ObservationTokens(engine.tokenizer, config.max_observation_tokens)
 
     def run(self, episodes: list[Episode], on_finish: Callable[[int], None] | None = None) -> None:
@@ -136,6 +144,7 @@ class AgentLoop:
             seed=derive_seed(ep.seed, turn),
             stop=STOP_STRINGS,
             logprobs=True,
+            regex=self.turn_regex(ep, turn) if self.turn_regex else None,
         )
 
     def _record_turn(self, ep: Episode, turn: int, gen) -> str | None:

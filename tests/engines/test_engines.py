@@ -7,7 +7,7 @@ import pytest
 
 from a2tgpo.engines import Engine, Generation, SamplingSpec
 
-from .conftest import MAX_MODEL_LEN
+from tests.conftest import MAX_MODEL_LEN
 
 
 def _first_stop_prefix(tokenizer, token_ids: list[int], stop: str) -> int | None:
