@@ -51,22 +51,33 @@ def fake_trajectory_batches(
     batch_rows: int = 1024,
     seed: int = 0,
     logprobs: bool = True,
+    vocab: int = VOCAB,
 ) -> Iterator[pa.RecordBatch]:
-    """Batches of `rows` trajectories of about `tokens` tokens (up to 1/8 shorter)."""
+    """Batches of `rows` trajectories of about `tokens` tokens (up to 1/8 shorter);
+    token ids below `vocab` (a tiny model's vocabulary, for training tests)."""
     rng = np.random.default_rng(seed)
     schema = schema_for(schema_name)
     for first in range(0, rows, batch_rows):
         n = min(batch_rows, rows - first)
-        yield _batch(rng, schema, first, n, tokens, turns, logprobs)
+        yield _batch(rng, schema, first, n, tokens, turns, logprobs, vocab)
 
 
-def _batch(rng, schema: pa.Schema, first: int, n: int, tokens: int, turns: int, logprobs: bool):
+def _batch(
+    rng,
+    schema: pa.Schema,
+    first: int,
+    n: int,
+    tokens: int,
+    turns: int,
+    logprobs: bool,
+    vocab: int = VOCAB,
+):
     length = tokens - rng.integers(0, tokens // 8 + 1, n)
     prompt = np.minimum(rng.integers(16, 65, n), length // 4)
     offsets = np.concatenate([[0], np.cumsum(length)]).astype(np.int32)
     spans = _spans(prompt, length, turns)
     mask = _loss_mask(offsets, spans["start"], spans["end"])
-    token_ids = rng.integers(0, VOCAB, int(offsets[-1]), dtype=np.int32)
+    token_ids = rng.integers(0, vocab, int(offsets[-1]), dtype=np.int32)
     columns = {
         "prompt_id": pa.array([f"p{(first + i) // 8:07d}" for i in range(n)]),
         "trajectory_id": pa.array([f"t{first + i:08d}" for i in range(n)]),

@@ -97,7 +97,7 @@ def launch(config: RunConfig, job: TrainJob, log_path: Path, stream: bool = Fals
         for thread in copiers:
             thread.join()
     if any(codes):
-        tail = log_path.read_text()[-4000:]
+        tail = log_path.read_text()[-12000:]
         raise RuntimeError(f"train-step workers failed (exit codes {codes}); log tail:\n{tail}")
     return json.loads((Path(job.out_dir) / "stats.json").read_text())
 

@@ -26,8 +26,10 @@ from a2tgpo.training.batching import MicroBatch, shard_for_rank, split_mini_batc
 def token_logprobs(model, mb: MicroBatch, *, with_entropy: bool = False):
     """Log-probs (and entropies) of the generated tokens, as [rows, longest] tensors.
 
-    Hidden states come from the base model; the vocabulary projection runs only at
-    the positions that predict a generated token (gathered across rows).
+    One forward through the model itself (a DeepSpeed engine or an HF model): ZeRO-3
+    gathers parameters in module hooks, and every rank must run the same sequence of
+    them, so the model is never entered through a submodule. The vocabulary projection
+    runs only at the columns that predict some generated token (`logits_to_keep`).
     """
     module = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
     device = next(module.parameters()).device
@@ -35,23 +37,24 @@ def token_logprobs(model, mb: MicroBatch, *, with_entropy: bool = False):
     rows, cols = torch.nonzero(mask, as_tuple=True)
     if cols.numel() and int(cols.min()) == 0:
         raise ValueError("a generated token at a trajectory's first position has no context")
-    hidden = module.base_model(
+    keep, slot = torch.unique(cols - 1, return_inverse=True)
+    out = model(
         input_ids=mb.input_ids.to(device),
         attention_mask=mb.attention_mask.to(device),
         use_cache=False,
-    ).last_hidden_state
-    rows, cols = rows.to(device), cols.to(device)
-    logits = module.get_output_embeddings()(hidden[rows, cols - 1]).float()
+        logits_to_keep=keep.to(device),
+    )
+    logits = out.logits[rows.to(device), slot.to(device)].float()
     log_probs = torch.log_softmax(logits, dim=-1)
-    picked = log_probs.gather(1, mb.input_ids.to(device)[rows, cols].unsqueeze(1)).squeeze(1)
-    out = torch.zeros(mask.shape, device=device, dtype=picked.dtype).index_put((rows, cols), picked)
+    targets = mb.input_ids[rows, cols].to(device).unsqueeze(1)
+    picked = log_probs.gather(1, targets).squeeze(1)
+    index = (rows.to(device), cols.to(device))
+    result = torch.zeros(mask.shape, device=device, dtype=picked.dtype).index_put(index, picked)
     entropy = None
     if with_entropy:
         ent = -(log_probs.exp() * log_probs).sum(-1)
-        entropy = torch.zeros(mask.shape, device=device, dtype=ent.dtype).index_put(
-            (rows, cols), ent
-        )
-    return out, entropy
+        entropy = torch.zeros(mask.shape, device=device, dtype=ent.dtype).index_put(index, ent)
+    return result, entropy
 
 
 @torch.no_grad()
@@ -141,7 +144,8 @@ def idle_pass(engine) -> torch.Tensor:
     """A forward whose loss is zero: keeps ZeRO-3's collectives in step across ranks."""
     device = next(engine.module.parameters()).device
     ids = torch.zeros(1, 2, dtype=torch.long, device=device)
-    return engine.module(input_ids=ids, use_cache=False).logits.sum() * 0.0
+    keep = torch.zeros(1, dtype=torch.long, device=device)
+    return engine(input_ids=ids, use_cache=False, logits_to_keep=keep).logits.sum() * 0.0
 
 
 def run_update(
