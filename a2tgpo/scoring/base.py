@@ -29,11 +29,19 @@ class Scorer(ABC):
 class HFScorer(Scorer):
     """Scorers running an HF causal LM in-process (no grad, eval mode, SDPA attention)."""
 
-    def __init__(self, model: torch.nn.Module, tokens_per_batch: int = 16384):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokens_per_batch: int = 16384,
+        max_positions: int | None = None,
+    ):
+        """max_positions: the longest context + probe to score (default: the model's own)."""
         self.model = model.eval()
         self.tokens_per_batch = tokens_per_batch
         self.device = next(model.parameters()).device
-        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        if max_positions is None:
+            max_positions = getattr(model.config, "max_position_embeddings", None)
+        self.max_positions = max_positions
 
     @torch.no_grad()
     def gold_logprobs(

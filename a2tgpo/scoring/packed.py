@@ -38,9 +38,13 @@ from a2tgpo.scoring.probes import ProbeSet, fits
 
 class PackedScorer(HFScorer):
     def __init__(
-        self, model: torch.nn.Module, tokens_per_batch: int = 16384, two_pass: bool = True
+        self,
+        model: torch.nn.Module,
+        tokens_per_batch: int = 16384,
+        max_positions: int | None = None,
+        two_pass: bool = True,
     ):
-        super().__init__(model, tokens_per_batch)
+        super().__init__(model, tokens_per_batch, max_positions)
         self.two_pass = two_pass
 
     def score(self, probe_sets: Sequence[ProbeSet]) -> list[np.ndarray]:
@@ -123,11 +127,9 @@ def _layout(probe_sets: Sequence[ProbeSet], chosen, two_pass: bool) -> _Batch:
         s, c, q = probe_sets[i], contexts[r], len(probe_sets[i].probe)
         context[r, :c] = torch.from_numpy(s.tokens[:c])
         if not two_pass:  # the context's own queries: plain causal
-            ids[r, :c], positions[r, :c], limit[r, :c] = (
-                context[r, :c],
-                torch.arange(c),
-                key_index[:c],
-            )
+            ids[r, :c] = context[r, :c]
+            positions[r, :c] = torch.arange(c)
+            limit[r, :c] = key_index[:c]
         col0 = 0 if two_pass else c  # this row's first probe query
         for slot, k in enumerate(ks):
             col, b = col0 + slot * q, s.boundaries[k]

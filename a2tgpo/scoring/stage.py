@@ -105,7 +105,7 @@ def make_scorer(
             raise ValueError("the vllm scorer needs a running engine (the rollout engine)")
         from a2tgpo.scoring.vllm_scorer import VLLMScorer
 
-        return VLLMScorer(engine, getattr(engine, "max_model_len", None))
+        return VLLMScorer(engine)
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -1,4 +1,7 @@
-"""The packed scorer gives the naive reference's v values (fp32, within 1e-4)."""
+"""The packed scorer, in both forms, gives the naive reference's v values (fp32, 1e-4).
+
+The model here has grouped-query attention (4 heads, 2 KV heads), as Qwen2.5 does.
+"""
 
 from __future__ import annotations
 
@@ -28,13 +31,18 @@ def model():
         hidden_size=128,
         intermediate_size=256,
         num_hidden_layers=2,
-        num_attention_heads=2,
+        num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=MAX_POSITIONS,
         tie_word_embeddings=True,
         attn_implementation="sdpa",
     )
     return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.fixture(params=[True, False], ids=["two_pass", "one_pass"])
+def two_pass(request) -> bool:
+    return request.param
 
 
 def random_sets(seed: int):
@@ -68,19 +76,19 @@ def special_sets():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_packed_equals_naive_on_random_trajectories(model, seed):
+def test_packed_equals_naive_on_random_trajectories(model, seed, two_pass):
     sets = random_sets(seed)
     naive = NaiveScorer(model, tokens_per_batch=2048).score(sets)
-    packed = PackedScorer(model, tokens_per_batch=2048).score(sets)
+    packed = PackedScorer(model, tokens_per_batch=2048, two_pass=two_pass).score(sets)
     for a, b in zip(naive, packed, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
         assert np.isfinite(a).all()
 
 
-def test_edge_cases_agree(model):
+def test_edge_cases_agree(model, two_pass):
     sets = special_sets()
     naive = NaiveScorer(model).score(sets)
-    packed = PackedScorer(model).score(sets)
+    packed = PackedScorer(model, two_pass=two_pass).score(sets)
     for a, b in zip(naive, packed, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
     limit = naive[4]
@@ -88,15 +96,15 @@ def test_edge_cases_agree(model):
     assert len(naive[0]) == 1 and np.isfinite(naive[0][0])
 
 
-def test_batching_changes_nothing(model):
+def test_batching_changes_nothing(model, two_pass):
     sets = random_sets(3)
-    one = PackedScorer(model, tokens_per_batch=1 << 20).score(sets)
-    many = PackedScorer(model, tokens_per_batch=256).score(sets)
+    one = PackedScorer(model, tokens_per_batch=1 << 20, two_pass=two_pass).score(sets)
+    many = PackedScorer(model, tokens_per_batch=256, two_pass=two_pass).score(sets)
     for a, b in zip(one, many, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_values_are_mean_gold_logprobs(model):
+def test_values_are_mean_gold_logprobs(model, two_pass):
     # v equals a hand computation from one plain forward over context + probe.
     tokens = np.arange(3, 43)
     (probe_set,) = build_probe_sets(tokens, [25], [[50, 51, 52]], [7])
@@ -104,4 +112,5 @@ def test_values_are_mean_gold_logprobs(model):
     with torch.no_grad():
         logp = torch.log_softmax(model(seq).logits[0].float(), -1)
     expected = np.mean([logp[25 + j, 50 + j].item() for j in range(3)])  # gold j at 26 + j
-    assert PackedScorer(model).score([probe_set])[0][0] == pytest.approx(expected, abs=1e-5)
+    got = PackedScorer(model, two_pass=two_pass).score([probe_set])[0][0]
+    assert got == pytest.approx(expected, abs=1e-5)
