@@ -17,11 +17,14 @@ DEEPSPEED_PKG ?= deepspeed==0.19.8
 PIP_EXTRA ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format install clean-venv
+.PHONY: run test lint format install clean-venv gpu-wheels
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q pip==25.3
+	# A new venv on Python 3.11 carries setuptools 65, which cannot build a wheel without
+	# the `wheel` package (`invalid command 'bdist_wheel'`); the builds below run without
+	# build isolation, so the build tools are pinned here.
+	$(PIP) install -q pip==25.3 setuptools==78.1.1 wheel==0.45.1
 	# --no-deps: the lock is the complete resolved set. It holds fastapi 0.150 (prefect
 	# needs >=0.139) although vllm pins <0.137; vLLM's offline engine, the only part we
 	# use, runs with it. torchvision/torchaudio/torchcodec are left out on purpose: their
@@ -54,3 +57,13 @@ test: lint
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Wheels that benchmarks/gpu_check.sh carries to a GPU machine (Python 3.12, no network):
+# DeepSpeed built here, pydantic and friends downloaded for cp312 manylinux.
+gpu-wheels: $(STAMP)
+	rm -rf .wheels-gpu && mkdir -p .wheels-gpu
+	$(PIP) wheel -q --no-deps --no-build-isolation -w .wheels-gpu $(DEEPSPEED_PKG)
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .wheels-gpu \
+	    pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	    hjson==3.1.0 py-cpuinfo==9.0.0 msgpack==1.2.4 ninja==1.13.2

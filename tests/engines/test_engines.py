@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from a2tgpo.engines import Engine, Generation, SamplingSpec
-
 from tests.conftest import MAX_MODEL_LEN
 
 

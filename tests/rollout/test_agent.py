@@ -28,7 +28,11 @@ TOOL = SearchTool(ListRetriever(["Alice Smith was born in Paris.", "Paris is a c
 
 # Episode name -> the exact text of each of its turns.
 SCRIPTS = {
-    "two-hops": ["<search> Alice Smith</search>", "<search> Paris</search>", "<answer> France</answer>"],
+    "two-hops": [
+        "<search> Alice Smith</search>",
+        "<search> Paris</search>",
+        "<answer> France</answer>",
+    ],
     "answer-first": ["<answer> France</answer>"],
     "invalid-then-answer": ["I do not know", "<answer> Paris</answer>"],
     "max-turns": ["<search> Alice Smith</search>"] * 3,
@@ -58,8 +62,12 @@ def test_scripted_policy_token_by_token(vllm_engine, tokenizer):
     episodes = make_episodes(tokenizer, SCRIPTS)
     AgentLoop(vllm_engine, TOOL, config, turn_regex=scripted).run(episodes)
     encode_obs = ObservationTokens(tokenizer, config.max_observation_tokens)
-    expected_finish = {"two-hops": "answer", "answer-first": "answer",
-                       "invalid-then-answer": "answer", "max-turns": "max_turns"}
+    expected_finish = {
+        "two-hops": "answer",
+        "answer-first": "answer",
+        "invalid-then-answer": "answer",
+        "max-turns": "max_turns",
+    }
     for ep in episodes:
         script = SCRIPTS[ep.prompt_id]
         assert ep.finish_reason == expected_finish[ep.prompt_id]
