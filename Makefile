@@ -39,8 +39,14 @@ $(STAMP): requirements/lock.txt pyproject.toml
 
 install: $(STAMP)
 
+# The main job: the training flow on the embedded defaults (tiny model, synthetic world,
+# ./runs, MLflow sqlite, an ephemeral Prefect server whose database lives in runs/.prefect).
+RUN_ID ?= default
+ARGS ?=
 run: $(STAMP)
-	$(VENV)/bin/a2tgpo demo-estimator
+	@mkdir -p runs
+	PREFECT_HOME=$(CURDIR)/runs/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	  VLLM_LOGGING_LEVEL=WARNING $(VENV)/bin/a2tgpo train --set run_id=$(RUN_ID) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

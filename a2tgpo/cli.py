@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import typer
@@ -78,9 +79,9 @@ def train(preset: str = PresetOpt, config: Path = ConfigOpt, set_: list[str] = S
     console.print(f"final metrics: {json.dumps(result['metrics'], default=str)[:600]}")
     console.print(f"datasets and checkpoints: {result['storage']}")
     console.print(f"MLflow: {result['mlflow']}")
+    home = os.environ.get("PREFECT_HOME", "~/.prefect")
     console.print(
-        "Prefect UI: prefect server start  (same PREFECT_HOME as this run), then open "
-        "http://127.0.0.1:4200"
+        f"Prefect UI: PREFECT_HOME={home} prefect server start, then open http://127.0.0.1:4200"
     )
 
 

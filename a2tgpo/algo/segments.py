@@ -20,7 +20,10 @@ def as_tensor(values, name: str, dtype: torch.dtype | None = None) -> torch.Tens
         if array.dtype.kind in "OUS":  # string ids: factorize to dense integers
             _, inverse = np.unique(array.astype(str), return_inverse=True)
             array = inverse.reshape(array.shape)
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        array = np.ascontiguousarray(array)
+        if not array.flags.writeable:  # e.g. a zero-copy view of an Arrow column
+            array = array.copy()
+        tensor = torch.from_numpy(array)
     if tensor.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(tensor.shape)}")
     return tensor.to(dtype) if dtype is not None else tensor

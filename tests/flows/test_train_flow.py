@@ -1,0 +1,149 @@
+"""The training flow end to end: Prefect (test harness), storage on moto's S3 server,
+MLflow on sqlite, vLLM rollouts and DeepSpeed training on CPU; then a crash and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from transformers import AutoModelForCausalLM
+
+from a2tgpo.data.stage import read_manifest, read_stage
+from a2tgpo.pipeline import RunLayout
+from a2tgpo.tracking.mlflow_logger import experiment_name
+from a2tgpo.training.checkpoints import local_policy
+from flows.train import train_flow
+
+pytestmark = pytest.mark.slow
+
+STAGES = ("prompts", "trajectories", "scored", "advantaged", "checkpoint")
+
+
+def stage_manifests(layout: RunLayout, iterations: int) -> dict[str, object]:
+    out = {}
+    for k in range(iterations):
+        for stage in (*STAGES, "eval-greedy", "eval-sampled"):
+            manifest = read_manifest(layout.storage, layout.stage(k, stage))
+            if manifest is not None:
+                out[f"{k}/{stage}"] = manifest
+    return out
+
+
+def test_train_flow_end_to_end_on_s3(prefect_harness, s3_run_config):
+    config = s3_run_config.model_copy(update={"run_id": "e2e"})
+    result = train_flow(config=config)
+    layout = RunLayout.of(config)
+    manifests = stage_manifests(layout, config.iterations)
+    for k in range(config.iterations):
+        policy = layout.policy(config, k)
+        assert manifests[f"{k}/prompts"].num_rows == 4
+        for stage in ("trajectories", "scored", "advantaged"):
+            assert manifests[f"{k}/{stage}"].num_rows == 16  # 4 prompts x 4 rollouts
+        assert manifests[f"{k}/trajectories"].parents == [layout.stage(k, "prompts"), policy]
+        assert manifests[f"{k}/scored"].parents == [layout.stage(k, "trajectories"), policy]
+        assert manifests[f"{k}/advantaged"].parents == [layout.stage(k, "scored")]
+        assert manifests[f"{k}/checkpoint"].parents == [layout.stage(k, "advantaged"), policy]
+        assert manifests[f"{k}/checkpoint"].policy_version == k + 1
+        assert manifests[f"{k}/eval-greedy"].num_rows == 4
+        assert manifests[f"{k}/eval-sampled"].num_rows == 8
+        # the engine's and the trainer's log-probs of the same tokens agree (reloads included)
+        mismatch = manifests[f"{k}/checkpoint"].stats["mismatch"]
+        assert mismatch and max(v for key, v in mismatch.items() if "abs" in key) < 1e-4
+    assert result["policy"] == layout.stage(config.iterations - 1, "checkpoint")
+    assert result["storage"].startswith("s3://")
+
+    client = MlflowClient(config.tracking.mlflow_uri)
+    experiment = client.get_experiment_by_name(experiment_name(config))
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`a2tgpo.run_id` = 'e2e'")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["prefect.flow_run_id"]
+    assert run.data.params["estimator.name"] == "a2tgpo"
+    for key in (
+        "reward",
+        "em",
+        "f1",
+        "ig/turn_0/mean",
+        "ig/turn_0/count",
+        "adv/turn_0/abs_mean",
+        "eps_low/turn_0/min",
+        "eps_high/turn_0/max",
+        "clip_fraction/turn_0",
+        "time/rollout_s",
+        "eval/greedy/em",
+    ):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == list(range(config.iterations)), key
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert figures == {"figures/per_turn_ig.png", "figures/clip_ranges.png"}
+    assert run.data.tags["checkpoint.iter_00001"] == layout.stage(1, "checkpoint")
+
+
+def run_flow_in_subprocess(config, tmp_path) -> subprocess.Popen:
+    """The flow in its own process (and process group), with its own ephemeral Prefect."""
+    spec = tmp_path / "config.json"
+    spec.write_text(config.model_dump_json())
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    code = (
+        "from a2tgpo.config import RunConfig; from flows.train import train_flow; "
+        f"train_flow(config=RunConfig.model_validate_json(open({str(spec)!r}).read()))"
+    )
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_killed_after_score_ig_resumes_without_recomputing(
+    prefect_harness, s3_run_config, tmp_path
+):
+    reference = s3_run_config.model_copy(update={"run_id": "reference"})
+    crashy = s3_run_config.model_copy(update={"run_id": "crashy"})
+    train_flow(config=reference)
+
+    layout = RunLayout.of(crashy)
+    process = run_flow_in_subprocess(crashy, tmp_path)
+    deadline = time.monotonic() + 900
+    while read_manifest(layout.storage, layout.stage(0, "scored")) is None:
+        assert process.poll() is None, "the flow ended before score-ig committed"
+        assert time.monotonic() < deadline, "score-ig never committed"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the flow, its vLLM engine and any workers
+    process.wait()
+    before = stage_manifests(layout, crashy.iterations)
+    assert "0/scored" in before and "1/checkpoint" not in before
+
+    train_flow(config=crashy)
+    after = stage_manifests(layout, crashy.iterations)
+    for key, manifest in before.items():  # committed before the crash: never redone
+        assert (
+            after[key].created_at == manifest.created_at and after[key].attempt == manifest.attempt
+        )
+    ref_layout = RunLayout.of(reference)
+    for k in range(crashy.iterations):
+        for stage in ("trajectories", "scored", "advantaged"):
+            ours = read_stage(layout.storage, layout.stage(k, stage))
+            theirs = read_stage(ref_layout.storage, ref_layout.stage(k, stage))
+            assert ours.equals(theirs), f"iteration {k} {stage} differs from the uninterrupted run"
+    last = f"{crashy.iterations - 1}"
+    ours = AutoModelForCausalLM.from_pretrained(
+        local_policy(layout.storage, layout.stage(int(last), "checkpoint"))
+    )
+    theirs = AutoModelForCausalLM.from_pretrained(
+        local_policy(ref_layout.storage, ref_layout.stage(int(last), "checkpoint"))
+    )
+    for (name, a), (_, b) in zip(
+        ours.state_dict().items(), theirs.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
