@@ -26,6 +26,14 @@ from a2tgpo.config import StorageConfig
 # Before vllm is first imported: its INFO logs would drown pytest's output.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
+# Property tests draw the same examples on every run (CI must not turn red by chance);
+# HYPOTHESIS_PROFILE=explore draws fresh ones.
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 CORPUS_LINES = [
     "<think>I need the mother of Alice Smith.</think> <search>Alice Smith mother</search>",
     "<information>Doc 1: Alice Smith was born in Paris. Her mother is Carol Jones.</information>",

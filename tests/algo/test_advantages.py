@@ -163,9 +163,10 @@ def batches(draw, max_groups=4, max_group_size=4, max_turns=5, ig_values=None):
     for g in range(draw(st.integers(1, max_groups))):
         for _ in range(draw(st.integers(1, max_group_size))):
             turns = draw(st.integers(1, max_turns))
-            igs = draw(
-                st.lists(st.one_of(st.floats(-1, 1), st.just(NAN)), min_size=turns, max_size=turns)
+            values = (
+                ig_values if ig_values is not None else st.one_of(st.floats(-1, 1), st.just(NAN))
             )
+            igs = draw(st.lists(values, min_size=turns, max_size=turns))
             outcome = draw(st.sampled_from([0.0, 0.5, 1.0, -2.0]))
             trajs[f"g{g}-t{tid}"] = (g, outcome, igs)
             tid += 1
