@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from a2tgpo.config import RunConfig
 
@@ -24,6 +25,8 @@ console = Console(width=max(Console().width, 140))
 PresetOpt = typer.Option("embedded", "--preset", help="Named preset (a2tgpo.presets).")
 ConfigOpt = typer.Option(None, "--config", help="YAML or JSON file with a full config tree.")
 SetOpt = typer.Option(None, "--set", help="Override: key.sub=value (repeatable).")
+# Third-party loggers that flood INFO output; -v shows them again.
+NOISY_LOGGERS = ("httpx", "httpcore", "bm25s", "urllib3", "botocore", "s3fs", "numba", "filelock")
 IterOpt = typer.Option(None, "--iteration", help="Fill in URIs from the run layout.")
 
 
@@ -34,6 +37,9 @@ def root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # a line per HTTP request to Prefect's API, per index build, ...
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def load_config(preset: str, config_file: Path | None, sets: list[str] | None) -> RunConfig:
@@ -76,13 +82,29 @@ def train(preset: str = PresetOpt, config: Path = ConfigOpt, set_: list[str] = S
     cfg = load_config(preset, config, set_)
     result = train_flow(config=cfg)
     console.rule("done")
-    console.print(f"final metrics: {json.dumps(result['metrics'], default=str)[:600]}")
+    console.print(history_table(result["history"]))
     console.print(f"datasets and checkpoints: {result['storage']}")
     console.print(f"MLflow: {result['mlflow']}")
     home = os.environ.get("PREFECT_HOME", "~/.prefect")
     console.print(
         f"Prefect UI: PREFECT_HOME={home} prefect server start, then open http://127.0.0.1:4200"
     )
+
+
+def history_table(history: list[dict[str, float]]) -> Table:
+    """Reward, EM and F1 per iteration, with the evaluations where one ran."""
+    columns = ["iteration", "reward", "em", "f1", "eval_greedy_em", "eval_sampled_em"]
+    table = Table(title="training run", show_edge=False)
+    for name in columns:
+        table.add_column(name.replace("_", " "), justify="right")
+    for row in history:
+        table.add_row(
+            *(
+                str(row[c]) if c == "iteration" else f"{row[c]:.3f}" if c in row else "-"
+                for c in columns
+            )
+        )
+    return table
 
 
 @app.command()

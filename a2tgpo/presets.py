@@ -30,13 +30,13 @@ def embedded() -> RunConfig:
     return apply_overrides(
         RunConfig(preset="embedded"),
         [
-            "iterations=6",
+            "iterations=8",
             "rollout.prompts_per_iteration=96",
             "rollout.group_size=8",
             "train.learning_rate=1e-3",
             "train.ppo_epochs=2",
             "train.mini_batches=4",
-            "eval.every=3",
+            "eval.every=4",
         ],
     )
 

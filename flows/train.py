@@ -68,6 +68,7 @@ def train_flow(
             )
         reference = policy
         last: dict[str, float] = {}
+        history: list[dict[str, float]] = []  # one line per iteration, for the final summary
         with EngineSession(config) as session:
             for k in range(config.iterations):
                 manifests, seconds = {}, {}
@@ -84,6 +85,7 @@ def train_flow(
                 )
                 policy = layout.stage(k, "checkpoint")
                 last = reporter.iteration(k, manifests, seconds)
+                history.append({"iteration": k, **{m: last[m] for m in ("reward", "em", "f1")}})
                 log.info(
                     "iteration %d: reward %.3f  EM %.3f  turns %.2f  clip %.4f",
                     k,
@@ -102,6 +104,9 @@ def train_flow(
                         session,
                     )
                     reporter.evaluation(k, results, seconds_eval)
+                    history[-1].update(
+                        {f"eval_{mode}_em": m.stats["em_mean"] for mode, m in results.items()}
+                    )
                     reporter.step_done()
         reporter.figures()
         status = "FINISHED"
@@ -109,6 +114,7 @@ def train_flow(
             "run_id": config.run_id,
             "policy": policy,
             "metrics": last,
+            "history": history,
             "mlflow": tracker.url(),
             "storage": layout.uri(),
         }
