@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -43,6 +44,8 @@ def root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
 
 
 def load_config(preset: str, config_file: Path | None, sets: list[str] | None) -> RunConfig:
+    from pydantic import ValidationError
+
     from a2tgpo.presets import resolve_config
 
     base = None
@@ -54,7 +57,20 @@ def load_config(preset: str, config_file: Path | None, sets: list[str] | None) -
             base = yaml.safe_load(text)
         else:
             base = json.loads(text)
-    return resolve_config(preset, sets or [], base)
+    try:
+        return resolve_config(preset, sets or [], base)
+    except ValueError as error:  # unknown preset or field, a value of the wrong type
+        if isinstance(error, ValidationError):
+            raise
+        raise typer.BadParameter(str(error)) from error
+
+
+def _local_uri(value: str | None) -> str | None:
+    """A relative local path means the working directory's, as anywhere in a shell
+    (inside the library a relative path is relative to storage.root)."""
+    if value and "://" not in value and not os.path.isabs(value):
+        return os.path.abspath(value)
+    return value
 
 
 def _layout(config: RunConfig):
@@ -112,7 +128,9 @@ def evaluate(
     preset: str = PresetOpt,
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,
-    policy: str = typer.Option("", help="Policy URI; empty = newest checkpoint."),
+    policy: str = typer.Option(
+        "", help="Policy URI; empty = newest checkpoint.", callback=_local_uri
+    ),
 ) -> None:
     """Run the evaluation flow: EM / F1 per data source, greedy and sampled."""
     from flows.evaluate import evaluate_flow
@@ -197,9 +215,11 @@ def rollout(
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,
     iteration: int = IterOpt,
-    prompts: str = typer.Option(None, help="Prompts URI."),
-    policy: str = typer.Option(None, help="Policy URI (checkpoint or model folder)."),
-    out: str = typer.Option(None, help="Output trajectories URI."),
+    prompts: str = typer.Option(None, help="Prompts URI.", callback=_local_uri),
+    policy: str = typer.Option(
+        None, help="Policy URI (checkpoint or model folder).", callback=_local_uri
+    ),
+    out: str = typer.Option(None, help="Output trajectories URI.", callback=_local_uri),
     version: int = typer.Option(None, help="Policy version recorded in the rows."),
 ) -> None:
     """Generate trajectories with the multi-turn search agent (vLLM or HF)."""
@@ -234,9 +254,11 @@ def score_ig(
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,
     iteration: int = IterOpt,
-    trajectories: str = typer.Option(None, help="Trajectories URI."),
-    policy: str = typer.Option(None, help="The policy that generated them."),
-    out: str = typer.Option(None, help="Output scored URI."),
+    trajectories: str = typer.Option(None, help="Trajectories URI.", callback=_local_uri),
+    policy: str = typer.Option(
+        None, help="Policy URI: the policy that generated them.", callback=_local_uri
+    ),
+    out: str = typer.Option(None, help="Output scored URI.", callback=_local_uri),
 ) -> None:
     """Teacher-forced information gain per turn (naive / packed / vLLM scorer)."""
     from a2tgpo.scoring.stage import run_score_ig
@@ -272,8 +294,8 @@ def advantages(
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,
     iteration: int = IterOpt,
-    scored: str = typer.Option(None, help="Scored URI."),
-    out: str = typer.Option(None, help="Output advantaged URI."),
+    scored: str = typer.Option(None, help="Scored URI.", callback=_local_uri),
+    out: str = typer.Option(None, help="Output advantaged URI.", callback=_local_uri),
 ) -> None:
     """Per-turn advantages and clip ranges (the configured estimator)."""
     from a2tgpo.training.advantages import run_advantages
@@ -294,9 +316,9 @@ def train_step(
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,
     iteration: int = IterOpt,
-    advantaged: str = typer.Option(None, help="Advantaged URI."),
-    policy: str = typer.Option(None, help="Policy checkpoint URI to update."),
-    out: str = typer.Option(None, help="Output checkpoint URI."),
+    advantaged: str = typer.Option(None, help="Advantaged URI.", callback=_local_uri),
+    policy: str = typer.Option(None, help="Policy checkpoint URI to update.", callback=_local_uri),
+    out: str = typer.Option(None, help="Output checkpoint URI.", callback=_local_uri),
     version: int = typer.Option(None, help="Version of the written policy."),
 ) -> None:
     """One DeepSpeed ZeRO-3 policy update (subprocess workers), committed as a checkpoint."""
@@ -360,4 +382,17 @@ def demo_estimator(
 
 
 def main() -> None:  # pragma: no cover - console entry
-    app()
+    """The console script: input problems print one line, not a traceback (-v: both)."""
+    import pydantic
+
+    from a2tgpo.data.errors import DatasetValidationError, NotCommitted, StageMismatch
+
+    expected = (NotCommitted, DatasetValidationError, StageMismatch, pydantic.ValidationError)
+    try:
+        # the click command itself: Typer's own wrapper would print these as tracebacks
+        typer.main.get_command(app)()
+    except expected as error:
+        if "-v" in sys.argv or "--verbose" in sys.argv:
+            raise
+        console.print(f"[red]error:[/red] {error}")
+        raise SystemExit(2) from None
