@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -45,7 +46,7 @@ def train(preset: str = PresetOpt, config: Path = ConfigOpt, set_: list[str] = S
     )
 
 
-def history_table(history: list[dict[str, float]]) -> Table:
+def history_table(history: list[dict[str, Any]]) -> Table:
     """Reward, EM and F1 per iteration, with the evaluations where one ran."""
     columns = ["iteration", "reward", "em", "f1", "eval_greedy_em", "eval_sampled_em"]
     table = Table(title="training run", show_edge=False)

@@ -230,6 +230,11 @@ class EvalConfig(_Section):
     every: int = Field(
         2, ge=0, description="Evaluate every N iterations (0 = never; also at the end)."
     )
+    initial: bool = Field(
+        True,
+        description="Also evaluate the starting policy (after warm-start) before RL: "
+        "the baseline of the later evaluations.",
+    )
     prompts: int = Field(64, ge=1, description="Held-out prompts per evaluation.")
     sampled_group: int = Field(4, ge=1, description="Samples per prompt in the sampled evaluation.")
 

@@ -70,18 +70,22 @@ class Reporter:
         self.step_done()
         return metrics
 
-    def evaluation(self, k: int, manifests: dict[str, Manifest], seconds: float) -> None:
-        metrics = {"time/evaluate_s": seconds}
+    def evaluation(self, k: int | None, manifests: dict[str, Manifest], seconds: float) -> None:
+        """Log an evaluation: after iteration k, or of the starting policy (k None:
+        metrics `eval_initial/...` at step 0, the baseline the later ones compare with)."""
+        prefix = "eval" if k is not None else "eval_initial"
+        metrics = {f"time/{prefix}_s": seconds}
         table = []
         for mode, manifest in manifests.items():
-            metrics |= rollout_metrics(manifest.stats, prefix=f"eval/{mode}/")
+            metrics |= rollout_metrics(manifest.stats, prefix=f"{prefix}/{mode}/")
             for source, m in manifest.stats["by_source"].items():
                 table.append({"mode": mode, "data_source": source, **m})
-        self.tracker.log_metrics(metrics, step=k)
+        self.tracker.log_metrics(metrics, step=k or 0)
+        what = f"after iteration {k}" if k is not None else "of the starting policy (before RL)"
         create_table_artifact(
-            key=_key(self.config, "eval", f"{k:05d}"),
+            key=_key(self.config, "eval", f"{k:05d}" if k is not None else "initial"),
             table=table,
-            description=f"Evaluation after iteration {k}: EM / F1 per data source",
+            description=f"Evaluation {what}: EM / F1 per data source",
         )
 
     def step_done(self) -> None:

@@ -29,6 +29,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from a2tgpo.config import RunConfig
+from a2tgpo.data.manifest import Manifest
 from a2tgpo.pipeline import RunLayout
 from a2tgpo.presets import resolve_config
 from a2tgpo.rollout.session import EngineSession
@@ -40,6 +41,10 @@ from flows.reporting import Reporter
 def evaluation_due(config: RunConfig, k: int) -> bool:
     every = config.eval.every
     return k == config.iterations - 1 or (every > 0 and (k + 1) % every == 0)
+
+
+def _eval_em(results: dict[str, Manifest]) -> dict[str, float]:
+    return {f"eval_{mode}_em": m.stats["em_mean"] for mode, m in results.items()}
 
 
 @flow(name="a2tgpo-train", log_prints=True)
@@ -55,6 +60,7 @@ def train_flow(
     layout = RunLayout.of(config)
     tracker = RunTracker(config, flow_run_id=flow_run.get_id())
     evals = sum(evaluation_due(config, k) for k in range(config.iterations))
+    evals += config.eval.initial
     reporter = Reporter(config, tracker, total_steps=config.iterations + evals)
     status = "FAILED"
     try:
@@ -68,8 +74,15 @@ def train_flow(
             )
         reference = policy
         last: dict[str, float] = {}
-        history: list[dict[str, float]] = []  # one line per iteration, for the final summary
+        history: list[dict[str, Any]] = []  # one line per iteration, for the final summary
         with EngineSession(config) as session:
+            if config.eval.initial:
+                results, seconds_eval = tasks.evaluate(
+                    config, policy, 0, uris["eval_prompts"], layout.uri("eval-initial"), session
+                )
+                reporter.evaluation(None, results, seconds_eval)
+                history.append({"iteration": "start", **_eval_em(results)})
+                reporter.step_done()
             for k in range(config.iterations):
                 manifests, seconds = {}, {}
                 tasks.prompts(config, k, uris["train_pool"])
@@ -104,9 +117,7 @@ def train_flow(
                         session,
                     )
                     reporter.evaluation(k, results, seconds_eval)
-                    history[-1].update(
-                        {f"eval_{mode}_em": m.stats["em_mean"] for mode, m in results.items()}
-                    )
+                    history[-1].update(_eval_em(results))
                     reporter.step_done()
         reporter.figures()
         status = "FINISHED"

@@ -55,6 +55,10 @@ def test_train_flow_end_to_end_on_s3(prefect_harness, s3_run_config):
         # the engine's and the trainer's log-probs of the same tokens agree (reloads included)
         mismatch = manifests[f"{k}/checkpoint"].stats["mismatch"]
         assert mismatch and max(v for key, v in mismatch.items() if "abs" in key) < 1e-4
+    initial = read_manifest(layout.storage, layout.uri("eval-initial-greedy"))
+    assert initial.num_rows == 4 and initial.parents[-1] == layout.initial_policy(config)
+    assert result["history"][0]["iteration"] == "start"
+    assert [row["iteration"] for row in result["history"][1:]] == list(range(config.iterations))
     assert result["policy"] == layout.stage(config.iterations - 1, "checkpoint")
     assert result["storage"].startswith("s3://")
 
@@ -79,6 +83,8 @@ def test_train_flow_end_to_end_on_s3(prefect_harness, s3_run_config):
     ):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == list(range(config.iterations)), key
+    (baseline,) = client.get_metric_history(run.info.run_id, "eval_initial/greedy/em")
+    assert baseline.step == 0
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert figures == {"figures/per_turn_ig.png", "figures/clip_ranges.png"}
     assert run.data.tags["checkpoint.iter_00001"] == layout.stage(1, "checkpoint")
