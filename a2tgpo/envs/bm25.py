@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -91,16 +92,14 @@ class BM25Retriever:
         return h.hexdigest()
 
     def _build(self) -> Any:
-        import bm25s
-
+        bm25s = _import_bm25s()
         index = bm25s.BM25(**self.params)
         docs = [tokenize(f"{p.title} {p.text}") for p in self.passages]
         index.index(docs, show_progress=False)
         return index
 
     def _load(self) -> Any:
-        import bm25s
-
+        bm25s = _import_bm25s()
         assert self.cache_path is not None
         marker = self.cache_path / _MARKER
         try:
@@ -150,3 +149,12 @@ class BM25Retriever:
     def search(self, queries: list[str], topk: int) -> list[list[Passage]]:
         """The top-k passages of each query (fewer if fewer share a token with it)."""
         return [self._top(q, topk) for q in queries]
+
+
+def _import_bm25s() -> Any:
+    """bm25s, imported late (module docstring). It sets its logger to DEBUG on import,
+    which would print its internals at any log level; NOTSET defers to the app's level."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
+    return bm25s
