@@ -14,18 +14,13 @@ import numpy as np
 import torch
 
 from a2tgpo.scoring.base import HFScorer, nan_values
-from a2tgpo.scoring.probes import ProbeSet, fits
+from a2tgpo.scoring.probes import ProbeSet, fitting_probes
 
 
 class NaiveScorer(HFScorer):
     def score(self, probe_sets: Sequence[ProbeSet]) -> list[np.ndarray]:
         values = nan_values(probe_sets)
-        requests = [
-            (i, k)
-            for i, s in enumerate(probe_sets)
-            for k in range(len(s.boundaries))
-            if fits(s, k, self.max_positions)
-        ]
+        requests = fitting_probes(probe_sets, self.max_positions)
         lengths = [probe_sets[i].boundaries[k] + len(probe_sets[i].probe) for i, k in requests]
         for batch in self.batches(lengths):
             chosen = [requests[j] for j in batch]

@@ -14,6 +14,7 @@ appended.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +67,18 @@ def build_probe_sets(
 def fits(probe_set: ProbeSet, k: int, max_positions: int | None) -> bool:
     """Whether probe k stays inside the model's context (its last position < max)."""
     return max_positions is None or probe_set.boundaries[k] + len(probe_set.probe) <= max_positions
+
+
+def fitting_probes(
+    probe_sets: Sequence[ProbeSet], max_positions: int | None
+) -> list[tuple[int, int]]:
+    """(set index, turn k) of every probe that fits the context; the rest stay NaN."""
+    return [
+        (i, k)
+        for i, s in enumerate(probe_sets)
+        for k in range(len(s.boundaries))
+        if fits(s, k, max_positions)
+    ]
 
 
 def mean_gold_logprob(logprobs: np.ndarray) -> float:

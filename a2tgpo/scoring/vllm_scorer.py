@@ -18,7 +18,7 @@ import numpy as np
 
 from a2tgpo.engines.base import Engine
 from a2tgpo.scoring.base import Scorer, nan_values
-from a2tgpo.scoring.probes import ProbeSet, fits
+from a2tgpo.scoring.probes import ProbeSet, fitting_probes, mean_gold_logprob
 
 
 class VLLMScorer(Scorer):
@@ -33,12 +33,7 @@ class VLLMScorer(Scorer):
 
     def score(self, probe_sets: Sequence[ProbeSet]) -> list[np.ndarray]:
         values = nan_values(probe_sets)
-        requests = [
-            (i, k)
-            for i, s in enumerate(probe_sets)
-            for k in range(len(s.boundaries))
-            if fits(s, k, self.max_positions)
-        ]
+        requests = fitting_probes(probe_sets, self.max_positions)
         if not requests:
             return values
         sequences = [probe_sets[i].probe_sequence(k).tolist() for i, k in requests]
@@ -46,5 +41,5 @@ class VLLMScorer(Scorer):
         for (i, k), logprobs in zip(
             requests, self.engine.prompt_logprobs(sequences, starts), strict=True
         ):
-            values[i][k] = float(np.mean(logprobs))
+            values[i][k] = mean_gold_logprob(logprobs)
         return values
