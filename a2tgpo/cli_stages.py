@@ -30,22 +30,9 @@ def make_tiny_model(
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
 ) -> None:
     """Build the project's tiny Qwen2 model (tokenizer trained on the environment's text)."""
-    from a2tgpo.engines.tiny_model import build_tiny_model
-    from a2tgpo.pipeline import environment_texts
+    from a2tgpo.pipeline import build_configured_tiny_model
 
-    cfg = load_config(preset, config, set_)
-    m = cfg.model
-    path = build_tiny_model(
-        out,
-        environment_texts(cfg),
-        hidden=m.tiny_hidden,
-        layers=m.tiny_layers,
-        heads=m.tiny_heads,
-        vocab_size=m.tiny_vocab,
-        max_positions=m.tiny_max_positions,
-        seed=cfg.seed,
-        overwrite=overwrite,
-    )
+    path = build_configured_tiny_model(load_config(preset, config, set_), out, overwrite)
     console.print(f"[green]wrote[/green] {path}")
 
 

@@ -86,28 +86,34 @@ def ensure_initial_model(config: RunConfig, layout: RunLayout) -> str:
     if config.model.policy:
         return config.model.policy
     if read_manifest(layout.storage, layout.init_model) is None:
-        from a2tgpo.engines.tiny_model import build_tiny_model
-
         with tempfile.TemporaryDirectory(prefix="tiny-model-") as work:
-            m = config.model
-            build_tiny_model(
-                Path(work) / "hf",
-                environment_texts(config),
-                hidden=m.tiny_hidden,
-                layers=m.tiny_layers,
-                heads=m.tiny_heads,
-                vocab_size=m.tiny_vocab,
-                max_positions=m.tiny_max_positions,
-                seed=config.seed,
-            )
+            build_configured_tiny_model(config, Path(work) / "hf")
             commit_directory(
                 layout.storage,
                 Path(work),
                 layout.init_model,
                 policy_version=0,
-                stats={"kind": "tiny", **m.model_dump()},
+                stats={"kind": "tiny", **config.model.model_dump()},
             )
     return layout.init_model
+
+
+def build_configured_tiny_model(config: RunConfig, out: Path, overwrite: bool = False) -> Path:
+    """The tiny model of `config.model.tiny_*`, its tokenizer trained on the environment."""
+    from a2tgpo.engines.tiny_model import build_tiny_model
+
+    m = config.model
+    return build_tiny_model(
+        out,
+        environment_texts(config),
+        hidden=m.tiny_hidden,
+        layers=m.tiny_layers,
+        heads=m.tiny_heads,
+        vocab_size=m.tiny_vocab,
+        max_positions=m.tiny_max_positions,
+        seed=config.seed,
+        overwrite=overwrite,
+    )
 
 
 def environment_texts(config: RunConfig) -> list[str]:
