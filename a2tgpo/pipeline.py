@@ -174,3 +174,32 @@ def sample_prompts(
         parents=[pool_uri],
         stats={"prompts": sample.num_rows, "seed": seed},
     )
+
+
+# Settings a resumed run may change: how long it runs and where it reports to.
+_RESUMABLE = ("iterations", "storage.", "tracking.")
+
+
+def pin_run_config(config: RunConfig, layout: RunLayout) -> None:
+    """Record the run's config on its first start; on a rerun, refuse a different one.
+
+    A rerun resumes from the committed stages, so a run id reused with another preset or
+    setting would silently mix the two experiments' data. Only `iterations` and the
+    storage / tracking sections may change.
+    """
+    from a2tgpo.config import flatten
+
+    uri = layout.uri("run-config.json")
+    ours = {k: v for k, v in flatten(config).items() if not k.startswith(_RESUMABLE)}
+    ours = json.loads(json.dumps(ours, default=str))  # as stored: JSON types
+    if not layout.storage.exists(uri):
+        layout.storage.write_bytes(uri, json.dumps(ours, indent=1, sort_keys=True).encode())
+        return
+    pinned = json.loads(layout.storage.read_bytes(uri))
+    changed = sorted(k for k in ours.keys() | pinned.keys() if ours.get(k) != pinned.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {pinned.get(k)!r} -> {ours.get(k)!r}" for k in changed[:8])
+        raise ValueError(
+            f"run {config.run_id!r} was started with other settings ({shown}); "
+            "resume it with its own config, or give this one a new run_id"
+        )

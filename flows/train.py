@@ -30,7 +30,7 @@ from prefect.runtime import flow_run
 
 from a2tgpo.config import RunConfig
 from a2tgpo.data.manifest import Manifest
-from a2tgpo.pipeline import RunLayout
+from a2tgpo.pipeline import RunLayout, pin_run_config
 from a2tgpo.presets import resolve_config
 from a2tgpo.rollout.session import EngineSession
 from a2tgpo.tracking.mlflow_logger import RunTracker, disable_mlflow_telemetry
@@ -58,6 +58,7 @@ def train_flow(
     config = resolve_config(preset, overrides, config)
     log = get_run_logger()
     layout = RunLayout.of(config)
+    pin_run_config(config, layout)  # before anything is tracked: a clash fails at once
     tracker = RunTracker(config, flow_run_id=flow_run.get_id())
     evals = sum(evaluation_due(config, k) for k in range(config.iterations))
     evals += config.eval.initial

@@ -1,0 +1,29 @@
+"""A run id holds one experiment: a rerun resumes it, a rerun with other settings is
+refused before anything runs (it would mix two experiments' committed stages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from a2tgpo.pipeline import RunLayout, pin_run_config
+from a2tgpo.presets import resolve_config
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path: Path):
+    config = resolve_config("a2tgpo", [f"storage.root={tmp_path}", "run_id=exp"])
+    layout = RunLayout.of(config)
+    pin_run_config(config, layout)
+    assert (tmp_path / "exp" / "run-config.json").is_file()
+    pin_run_config(config, layout)  # the same run again: a resume
+
+    longer = resolve_config("a2tgpo", [f"storage.root={tmp_path}", "run_id=exp", "iterations=20"])
+    pin_run_config(longer, RunLayout.of(longer))  # running longer is a resume too
+
+    grpo = resolve_config("grpo", [f"storage.root={tmp_path}", "run_id=exp"])
+    with pytest.raises(ValueError, match=r"estimator\.name: 'a2tgpo' -> 'grpo'.*new run_id"):
+        pin_run_config(grpo, RunLayout.of(grpo))
+
+    other = resolve_config("grpo", [f"storage.root={tmp_path}", "run_id=other"])
+    pin_run_config(other, RunLayout.of(other))  # its own run id: fine
