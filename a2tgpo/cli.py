@@ -17,7 +17,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-import a2tgpo.cli_stages  # noqa: F401  (registers the stage commands)
+import a2tgpo.cli_stages
+import a2tgpo.cli_sweep  # noqa: F401  (registers sweep and compare)
 from a2tgpo.cli_common import (
     ConfigOpt,
     PresetOpt,

@@ -74,18 +74,18 @@ def _local_uri(value: str | None) -> str | None:
     return value
 
 
-def _layout(config: RunConfig):
-    from a2tgpo.pipeline import RunLayout
-
-    return RunLayout.of(config)
-
-
-def _need(value: str | None, name: str) -> None:
-    if value is None:
-        raise typer.BadParameter(f"give --{name} or --iteration")
-
-
 def _done(manifest) -> None:
     console.print(f"[green]committed[/green] {manifest.uri}  rows={manifest.num_rows}")
-    if manifest.stats:
-        console.print_json(json.dumps(manifest.stats, default=str)[:4000])
+    if manifest.stats:  # cut long lists, never the JSON text (a cut text does not parse)
+        console.print_json(json.dumps(_shortened(manifest.stats), default=str))
+
+
+def _shortened(value, most: int = 12):
+    """The value with every list longer than `most` cut to its head and a count."""
+    if isinstance(value, dict):
+        return {k: _shortened(v, most) for k, v in value.items()}
+    if isinstance(value, list) and len(value) > most:
+        return [*(_shortened(v, most) for v in value[:most]), f"... {len(value) - most} more"]
+    if isinstance(value, list):
+        return [_shortened(v, most) for v in value]
+    return value

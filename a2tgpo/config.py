@@ -8,9 +8,12 @@ here: they come from the environment (see `StorageConfig`).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # only for the annotation: a2tgpo.algo imports torch
+    from a2tgpo.algo import EstimatorSettings
 
 
 class _Section(BaseModel):
@@ -68,6 +71,27 @@ class EnvConfig(_Section):
     )
     max_hops: int = Field(
         2, ge=1, le=4, description="Synthetic world: most lookups a question needs."
+    )
+    world: Literal["easy", "hard"] = Field(
+        "easy",
+        description="Synthetic world: easy = every name word belongs to one entity, eval "
+        "questions drawn per hop count. hard = namesakes (people sharing a first name or "
+        "surname, cities and companies sharing a name word) so that only the full name "
+        "retrieves the right passages, and eval questions start at entities training never "
+        "starts at (see a2tgpo/envs/synthetic_hard.py).",
+    )
+    name_sharing: int = Field(
+        2,
+        ge=1,
+        description="Hard synthetic world: entities sharing each made-up name word "
+        "(1 = no namesakes).",
+    )
+    eval_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Synthetic world: share of the questions held out for evaluation "
+        "(easy: per hop count; hard: by whole start entities).",
     )
     dataset: str = Field(
         "", description="search_qa: training prompts file (verl parquet or FlashRAG jsonl/parquet)."
@@ -149,10 +173,6 @@ class IGConfig(_Section):
         "covering the gold's characters are scored; IGPO: '\\nNow there's enough information "
         "to answer\\n</think>\\n<answer>\\n').",
     )
-    answer_suffix: str = Field(
-        "</answer>",
-        description="Text after the gold (it cannot change the gold's causal log-probs).",
-    )
     tokens_per_batch: int = Field(
         16384, ge=256, description="Token budget of one scoring forward (trajectories + probes)."
     )
@@ -182,6 +202,12 @@ class EstimatorConfig(_Section):
     )
     clip_magnitude: bool = Field(False, description="Adaptive clip on |IGn| instead of IGn.")
     ig_coef: float | None = Field(None, description="alpha; None = default (a2tgpo 0.3, igpo 1.0).")
+
+    def settings(self) -> EstimatorSettings:
+        """The resolved `a2tgpo.algo.EstimatorSettings`: None switches take the estimator's default."""
+        from a2tgpo.algo import EstimatorSettings  # here, not at the top: config stays a leaf
+
+        return EstimatorSettings.of(**self.model_dump())
 
 
 class TrainConfig(_Section):
@@ -245,7 +271,16 @@ class TrackingConfig(_Section):
     )
     experiment: str = Field(
         "",
-        description="MLflow experiment; empty = 'a2tgpo-<preset family>' so presets compare side by side.",
+        description="MLflow experiment; empty = 'a2tgpo-estimators-<env.kind>', so every preset "
+        "and estimator on one environment compares side by side.",
+    )
+    parent_run_id: str = Field(
+        "",
+        description="MLflow run id of a sweep's parent run: this run is nested under it "
+        "(set by `a2tgpo sweep`; empty = a top-level run).",
+    )
+    sweep_id: str = Field(
+        "", description="The sweep this run is a member of (set by `a2tgpo sweep`); a tag."
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from a2tgpo.algo import turn_advantage_details
+from a2tgpo.algo import EstimatorSettings, estimator_settings, turn_advantage_details
 
 
 @dataclass
@@ -46,10 +46,21 @@ def random_turn_batch(
     )
 
 
-def per_turn_table(batch: TurnBatch, **estimator_kwargs) -> list[dict[str, float]]:
-    """Per turn index: rows, IG mean, mean |IGn|, advantage mean and mean |A|, clip range."""
+def per_turn_table(
+    batch: TurnBatch, settings: EstimatorSettings | None = None, **keywords
+) -> list[dict[str, float]]:
+    """Per turn index: rows, IG mean, mean |IGn|, advantage mean and mean |A|, clip range.
+
+    Settings as `turn_advantages` takes them: an EstimatorSettings, or `estimator=...`
+    and setting keywords.
+    """
     d = turn_advantage_details(
-        batch.group, batch.trajectory, batch.turn, batch.ig, batch.outcome, **estimator_kwargs
+        batch.group,
+        batch.trajectory,
+        batch.turn,
+        batch.ig,
+        batch.outcome,
+        estimator_settings(settings, **keywords),
     )
     turn = torch.as_tensor(batch.turn)
     ig = torch.as_tensor(batch.ig)

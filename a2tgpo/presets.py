@@ -6,6 +6,11 @@ comparison at that scale: GRPO and IGPO baselines, A²TGPO, and A²TGPO with eac
 its three components switched off. They share one MLflow experiment
 (`a2tgpo-estimators-<env>`), so the dashboard shows them side by side.
 
+`hard` and `hard-<estimator>` run the same comparison on the hard synthetic world
+(`env.world=hard`: 1- to 4-hop questions, namesakes as distractors, 400 held-out
+questions about unseen start entities), in the experiment
+`a2tgpo-estimators-synthetic-hard`.
+
 `search_qa_7b` is the reference recipe for a cluster (IGPO's hyperparameters on
 Qwen2.5-7B-Instruct with a Search-R1 retrieval server); apply it with overrides for
 paths and GPU counts.
@@ -13,6 +18,7 @@ paths and GPU counts.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -81,6 +87,24 @@ def a2tgpo_no_adaptive_clip() -> RunConfig:
     return _estimator("a2tgpo-no-adaptive-clip", name="a2tgpo", adaptive_clip=False)
 
 
+# The hard synthetic world (a2tgpo/envs/synthetic_hard.py): 1- to 4-hop questions,
+# namesakes as distractors, eval questions about start entities training never asks about.
+HARD_WORLD = [
+    "env.world=hard",
+    "env.num_entities=160",
+    "env.max_hops=4",
+    "env.eval_fraction=0.16",
+    "rollout.max_turns=6",  # 4 searches + the answer, and one search to spare
+    "eval.prompts=400",
+    "tracking.experiment=a2tgpo-estimators-synthetic-hard",
+]
+
+
+def on_hard_world(base: Callable[[], RunConfig], name: str) -> RunConfig:
+    """A preset moved onto the hard synthetic world, renamed `name`."""
+    return apply_overrides(base(), [*HARD_WORLD, f"preset={name}"])
+
+
 def search_qa_7b() -> RunConfig:
     """Reference cluster recipe (IGPO's settings): Qwen2.5-7B-Instruct, 32 prompts x 16."""
     return apply_overrides(
@@ -103,7 +127,6 @@ def search_qa_7b() -> RunConfig:
             "reward.metric=f1",
             "reward.format_penalty=-2.0",
             "ig.answer_prefix=\nNow there's enough information to answer\n</think>\n<answer>\n",
-            "ig.answer_suffix=\n</answer>",
             "train.learning_rate=1e-6",
             # the released A²TGPO recipe: one ratio per turn, with much smaller clip ranges
             "train.ratio_level=turn",
@@ -123,6 +146,15 @@ def search_qa_7b() -> RunConfig:
     )
 
 
+ESTIMATOR_PRESETS = (
+    "grpo",
+    "igpo",
+    "a2tgpo",
+    "a2tgpo-no-turn-norm",
+    "a2tgpo-no-rescale",
+    "a2tgpo-no-adaptive-clip",
+)
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "embedded": embedded,
     "grpo": grpo,
@@ -133,6 +165,10 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "a2tgpo-no-adaptive-clip": a2tgpo_no_adaptive_clip,
     "search-qa-7b": search_qa_7b,
 }
+# `hard` (the embedded run, A²TGPO) and `hard-<estimator>` for each estimator preset.
+PRESETS["hard"] = functools.partial(on_hard_world, embedded, "hard")
+for _name in ESTIMATOR_PRESETS:
+    PRESETS[f"hard-{_name}"] = functools.partial(on_hard_world, PRESETS[_name], f"hard-{_name}")
 
 
 def preset(name: str) -> RunConfig:

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from a2tgpo.algo import turn_advantages
+from a2tgpo.algo import EstimatorSettings, turn_advantages
 from a2tgpo.estimator_demo import random_turn_batch
 
 
@@ -36,15 +36,17 @@ def main() -> None:
     )
     best = {}
     for estimator in ("grpo", "igpo", "a2tgpo"):
-        turn_advantages(*tensors, estimator=estimator)  # warm-up
+        settings = EstimatorSettings.of(estimator)
+        turn_advantages(*tensors, settings)  # warm-up
         times = []
         for _ in range(args.repeat):
             start = time.perf_counter()
-            turn_advantages(*tensors, estimator=estimator)
+            turn_advantages(*tensors, settings)
             times.append(time.perf_counter() - start)
         best[estimator] = rows / min(times)
         print(f"{estimator:>7}: {min(times) * 1e3:8.1f} ms  {best[estimator] / 1e6:6.2f} M rows/s")
-    gamma_rate = rows / _time(lambda: turn_advantages(*tensors, gamma=0.9))
+    discounted = EstimatorSettings.of("a2tgpo", gamma=0.9)
+    gamma_rate = rows / _time(lambda: turn_advantages(*tensors, discounted))
     print(f"a2tgpo, gamma=0.9: {gamma_rate / 1e6:6.2f} M rows/s")
     # Rows already sorted by (trajectory, turn), as the pipeline's datasets are: no sort.
     order = torch.argsort(tensors[1] * (args.max_turns + 1) + tensors[2])

@@ -26,9 +26,9 @@ from a2tgpo.data.fakes import fake_trajectories
 from a2tgpo.data.stage import read_stage, write_stage
 from a2tgpo.data.storage import Storage
 from a2tgpo.engines.tiny_model import build_tiny_model
-from a2tgpo.pipeline import environment_texts
+from a2tgpo.stages.prepare import environment_texts
+from a2tgpo.stages.train_step import run_train_step
 from a2tgpo.training.batching import pack, samples_from_table, split_mini_batches
-from a2tgpo.training.launcher import run_train_step
 from a2tgpo.training.update import frozen_logprobs, micro_batch_loss
 
 

@@ -17,12 +17,13 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from a2tgpo.config import RunConfig
-from a2tgpo.pipeline import RunLayout
+from a2tgpo.layout import RunLayout
 from a2tgpo.presets import resolve_config
 from a2tgpo.rollout.session import EngineSession
+from a2tgpo.stages.contract import STAGES
 from a2tgpo.tracking.mlflow_logger import RunTracker, disable_mlflow_telemetry
-from flows import tasks
 from flows.reporting import Reporter
+from flows.tasks import run_stage
 
 
 @flow(name="a2tgpo-evaluate", log_prints=True)
@@ -36,10 +37,14 @@ def evaluate_flow(
     disable_mlflow_telemetry()
     config = resolve_config(preset, overrides, config)
     layout = RunLayout.of(config)
-    uris = tasks.prepare(config)
+    run_stage("prepare", config)
     version = 0
     if not policy_uri:
         policy_uri, version = layout.latest_policy(config)
+    plan = STAGES["evaluate"].plan(config, version - 1)
+    plan = plan.override(
+        policy=policy_uri, out=layout.uri("evaluations", f"v{version:05d}", "eval")
+    )
     tracker = RunTracker(
         config, flow_run_id=flow_run.get_id(), run_name=f"eval-{config.run_id}-v{version}"
     )
@@ -47,16 +52,8 @@ def evaluate_flow(
     status = "FAILED"
     try:
         with EngineSession(config) as session:
-            results, seconds = tasks.evaluate(
-                config,
-                policy_uri,
-                version,
-                uris["eval_prompts"],
-                layout.uri("evaluations", f"v{version:05d}", "eval"),
-                session,
-            )
+            results, seconds = run_stage("evaluate", config, session=session, plan=plan)
         reporter.evaluation(version, results, seconds)
-        reporter.step_done()
         tracker.set_tag("a2tgpo.policy_uri", policy_uri)
         status = "FINISHED"
         return {mode: m.stats["by_source"] for mode, m in results.items()} | {"policy": policy_uri}

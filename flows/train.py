@@ -2,7 +2,7 @@
 
 One Prefect flow run = one training run. Per iteration k:
 
-1. sample prompts        -> iter=k/prompts
+1. prompts               -> iter=k/prompts         sampled from the training pool
 2. rollout (vLLM)        -> iter=k/trajectories    the multi-turn search agent, G per prompt
 3. score-ig              -> iter=k/scored          v(h) after every turn boundary, IG per turn
 4. advantages            -> iter=k/advantaged      A²TGPO (or GRPO / IGPO) per-turn advantages
@@ -10,11 +10,12 @@ One Prefect flow run = one training run. Per iteration k:
 6. evaluate (every N)    -> iter=k/eval-greedy, iter=k/eval-sampled
 
 before which `prepare` builds the initial model and prompt pools and `warmstart` fits
-the synthetic demonstrations. Every stage commits its output with a manifest; a
-rerun with the same `run_id` skips what is committed, so a crashed run resumes
-from its last committed stage. MLflow gets one run per flow run (per-turn IG,
-normalized IG, advantages, clip ranges, clip fractions, stage times); Prefect gets
-a table artifact per iteration and a progress artifact.
+the synthetic demonstrations. Each stage is declared once in `a2tgpo.stages.contract`
+(its URIs for iteration k, its seed) and runs as a Prefect task of the same name. Every
+stage commits its output with a manifest; a rerun with the same `run_id` skips what is
+committed, so a crashed run resumes from its last committed stage. MLflow gets one run
+per flow run (per-turn IG, normalized IG, advantages, clip ranges, clip fractions,
+stage times); Prefect gets a table artifact per iteration and a progress artifact.
 
     a2tgpo train                      # the embedded run (what `make run` does)
     a2tgpo train --preset grpo --set rollout.group_size=16
@@ -29,22 +30,13 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from a2tgpo.config import RunConfig
-from a2tgpo.data.manifest import Manifest
-from a2tgpo.pipeline import RunLayout, pin_run_config
+from a2tgpo.layout import RunLayout, pin_run_config
 from a2tgpo.presets import resolve_config
 from a2tgpo.rollout.session import EngineSession
+from a2tgpo.stages.contract import INITIAL, ITERATION_STAGES
 from a2tgpo.tracking.mlflow_logger import RunTracker, disable_mlflow_telemetry
-from flows import tasks
-from flows.reporting import Reporter
-
-
-def evaluation_due(config: RunConfig, k: int) -> bool:
-    every = config.eval.every
-    return k == config.iterations - 1 or (every > 0 and (k + 1) % every == 0)
-
-
-def _eval_em(results: dict[str, Manifest]) -> dict[str, float]:
-    return {f"eval_{mode}_em": m.stats["em_mean"] for mode, m in results.items()}
+from flows.reporting import Reporter, evaluation_due, planned_steps
+from flows.tasks import run_stage
 
 
 @flow(name="a2tgpo-train", log_prints=True)
@@ -56,82 +48,53 @@ def train_flow(
     """Train a policy with A²TGPO (or a baseline preset); returns the final metrics and URIs."""
     disable_mlflow_telemetry()
     config = resolve_config(preset, overrides, config)
-    log = get_run_logger()
     layout = RunLayout.of(config)
     pin_run_config(config, layout)  # before anything is tracked: a clash fails at once
     tracker = RunTracker(config, flow_run_id=flow_run.get_id())
-    evals = sum(evaluation_due(config, k) for k in range(config.iterations))
-    evals += config.eval.initial
-    reporter = Reporter(config, tracker, total_steps=config.iterations + evals)
-    status = "FAILED"
+    reporter = Reporter(config, tracker, total_steps=planned_steps(config))
+    error: BaseException | None = None
     try:
-        uris = tasks.prepare(config)
-        policy = layout.initial_policy(config)
+        run_stage("prepare", config)
         if config.warmstart.enabled:
-            manifest, seconds = tasks.warmstart(config, uris["init"])
-            tracker.log_metrics(
-                {"warmstart/loss_last": manifest.stats["loss_last"], "time/warmstart_s": seconds},
-                step=0,
-            )
-        reference = policy
-        last: dict[str, float] = {}
-        history: list[dict[str, Any]] = []  # one line per iteration, for the final summary
+            reporter.warmstart(*run_stage("warmstart", config))
         with EngineSession(config) as session:
             if config.eval.initial:
-                results, seconds_eval = tasks.evaluate(
-                    config, policy, 0, uris["eval_prompts"], layout.uri("eval-initial"), session
-                )
-                reporter.evaluation(None, results, seconds_eval)
-                history.append({"iteration": "start", **_eval_em(results)})
-                reporter.step_done()
+                reporter.evaluation(INITIAL, *run_stage("evaluate", config, INITIAL, session))
             for k in range(config.iterations):
-                manifests, seconds = {}, {}
-                tasks.prompts(config, k, uris["train_pool"])
-                manifests["trajectories"], seconds["rollout"] = tasks.rollout(
-                    config, k, policy, session
-                )
-                manifests["scored"], seconds["score_ig"] = tasks.score_ig(
-                    config, k, policy, session
-                )
-                manifests["advantaged"], seconds["advantages"] = tasks.advantages(config, k)
-                manifests["checkpoint"], seconds["train_step"] = tasks.train_step(
-                    config, k, policy, reference
-                )
-                policy = layout.stage(k, "checkpoint")
-                last = reporter.iteration(k, manifests, seconds)
-                history.append({"iteration": k, **{m: last[m] for m in ("reward", "em", "f1")}})
-                log.info(
-                    "iteration %d: reward %.3f  EM %.3f  turns %.2f  clip %.4f",
-                    k,
-                    last["reward"],
-                    last["em"],
-                    last["turns_per_trajectory"],
-                    last.get("clip_fraction", 0.0),
-                )
+                run_iteration(config, k, session, reporter)
                 if evaluation_due(config, k):
-                    results, seconds_eval = tasks.evaluate(
-                        config,
-                        policy,
-                        k + 1,
-                        uris["eval_prompts"],
-                        layout.stage(k, "eval"),
-                        session,
-                    )
-                    reporter.evaluation(k, results, seconds_eval)
-                    history[-1].update(_eval_em(results))
-                    reporter.step_done()
+                    reporter.evaluation(k, *run_stage("evaluate", config, k, session))
         reporter.figures()
-        status = "FINISHED"
         return {
             "run_id": config.run_id,
-            "policy": policy,
-            "metrics": last,
-            "history": history,
+            "mlflow_run_id": tracker.run_id,
+            "policy": layout.policy(config, config.iterations),
+            "metrics": reporter.last,
+            "history": reporter.summary,
             "mlflow": tracker.url(),
             "storage": layout.uri(),
         }
+    except BaseException as failure:
+        error = failure
+        raise
     finally:
-        tracker.finish(status)
+        tracker.finish("FAILED" if error else "FINISHED", error)
+
+
+def run_iteration(config: RunConfig, k: int, session: EngineSession, reporter: Reporter) -> None:
+    """Iteration k: the stages of `ITERATION_STAGES`, in order, then its report."""
+    manifests, seconds = {}, {}
+    for name in ITERATION_STAGES:
+        manifests[name], seconds[name] = run_stage(name, config, k, session)
+    metrics = reporter.iteration(k, manifests, seconds)
+    get_run_logger().info(
+        "iteration %d: reward %.3f  EM %.3f  turns %.2f  clip %.4f",
+        k,
+        metrics["reward"],
+        metrics["em"],
+        metrics["turns_per_trajectory"],
+        metrics.get("clip_fraction", 0.0),
+    )
 
 
 if __name__ == "__main__":

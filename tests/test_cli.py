@@ -87,3 +87,16 @@ def test_advantages_stage_alone(tmp_path: Path, monkeypatch):
     assert manifest.num_rows == scored.num_rows
     assert manifest.parents == [str(tmp_path / "scored")]
     assert "committed" in result.output
+
+
+def test_long_stage_stats_print_as_valid_json(capsys):
+    """A warm-start's stats hold thousands of losses: printing them must not cut the JSON
+    text (it used to, and every rerun of `a2tgpo warmstart` then failed to parse it)."""
+    from types import SimpleNamespace
+
+    from a2tgpo.cli_common import _done
+
+    stats = {"losses": [0.5] * 5000, "loss_last": 0.1, "nested": {"xs": list(range(40))}}
+    _done(SimpleNamespace(uri="/x", num_rows=1, stats=stats))
+    out = capsys.readouterr().out
+    assert "4988 more" in out and '"loss_last": 0.1' in out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from a2tgpo.pipeline import RunLayout, pin_run_config
+from a2tgpo.layout import RunLayout, pin_run_config
 from a2tgpo.presets import resolve_config
 
 

@@ -14,11 +14,15 @@ Each component is a switch; the estimators are presets of the switches:
     grpo       no   outcome only          A = On           -      constant
     igpo       yes  pooled per prompt     plain sum        1.0    constant
     a2tgpo     yes  per (prompt, turn)    / sqrt(n terms)  0.3    adaptive
+
+The table is `ESTIMATORS` (a variant is one `register_estimator` entry); one
+`EstimatorSettings` value holds every switch, resolved, and is what the estimator runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 
@@ -34,8 +38,13 @@ STD_EPS = 1e-6  # spec: std + 1e-6 in both normalizations
 _DENSE_KEY_LIMIT = 1 << 26  # (group, turn) keys beyond this are relabelled with unique()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EstimatorDefaults:
+    """A registered estimator: whether it uses IG, and its defaults of the preset switches.
+
+    Every field but `uses_ig` is named as the `EstimatorSettings` field it fills.
+    """
+
     uses_ig: bool
     turn_group_norm: bool
     variance_rescale: bool
@@ -43,11 +52,109 @@ class EstimatorDefaults:
     ig_coef: float
 
 
+# The spec's baseline table; `register_estimator` adds a variant.
 ESTIMATORS: dict[str, EstimatorDefaults] = {
-    "grpo": EstimatorDefaults(False, False, False, False, 0.0),
-    "igpo": EstimatorDefaults(True, False, False, False, 1.0),
-    "a2tgpo": EstimatorDefaults(True, True, True, True, 0.3),
+    "grpo": EstimatorDefaults(
+        uses_ig=False,
+        turn_group_norm=False,
+        variance_rescale=False,
+        adaptive_clip=False,
+        ig_coef=0.0,
+    ),
+    "igpo": EstimatorDefaults(
+        uses_ig=True,
+        turn_group_norm=False,
+        variance_rescale=False,
+        adaptive_clip=False,
+        ig_coef=1.0,
+    ),
+    "a2tgpo": EstimatorDefaults(
+        uses_ig=True,
+        turn_group_norm=True,
+        variance_rescale=True,
+        adaptive_clip=True,
+        ig_coef=0.3,
+    ),
 }
+
+
+def register_estimator(name: str, defaults: EstimatorDefaults) -> None:
+    """Add an estimator by name; its switches' defaults are `defaults`."""
+    if name in ESTIMATORS:
+        raise ValueError(f"estimator {name!r} is already registered")
+    ESTIMATORS[name] = defaults
+
+
+def estimator_defaults(name: str) -> EstimatorDefaults:
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
+    return ESTIMATORS[name]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EstimatorSettings:
+    """Every setting of the estimator, resolved: what `turn_advantage_details` runs.
+
+    Build it with `EstimatorSettings.of(name, **overrides)`: the preset switches
+    (no default here, so a name never silently gets another estimator's) come from
+    the name's `ESTIMATORS` entry, the rest from the defaults below (spec values).
+    """
+
+    name: str
+    gamma: float = 1.0
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    clip_beta: float = 0.3
+    turn_group_norm: bool
+    variance_rescale: bool
+    adaptive_clip: bool
+    clip_magnitude: bool = False
+    ig_coef: float
+
+    def __post_init__(self) -> None:
+        estimator_defaults(self.name)
+        unresolved = [f.name for f in fields(self) if getattr(self, f.name) is None]
+        if unresolved:
+            raise ValueError(f"estimator settings left unresolved: {unresolved}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must lie in [0, 1], got {self.gamma}")
+        if not 0.0 <= self.clip_beta < 1.0:
+            raise ValueError(
+                f"clip_beta must lie in [0, 1) so clip ranges stay positive, got {self.clip_beta}"
+            )
+        if self.clip_eps_low <= 0 or self.clip_eps_high <= 0:
+            raise ValueError("clip_eps_low and clip_eps_high must be positive")
+
+    @classmethod
+    def of(cls, name: str = "a2tgpo", **overrides: Any) -> EstimatorSettings:
+        """The named estimator's settings; overrides that are None keep the default."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown estimator settings {unknown}; known: {sorted(known)}")
+        preset = estimator_defaults(name)
+        values = {f.name: getattr(preset, f.name) for f in fields(preset) if f.name in known}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(name=name, **values)
+
+    @property
+    def uses_ig(self) -> bool:
+        return ESTIMATORS[self.name].uses_ig
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting by name, resolved (for MLflow params and stage stats)."""
+        return asdict(self)
+
+
+def estimator_settings(
+    settings: EstimatorSettings | None = None, /, **keywords: Any
+) -> EstimatorSettings:
+    """`settings` as given, or built from keywords: `estimator=<name>` and setting overrides."""
+    if settings is None:
+        return EstimatorSettings.of(keywords.pop("estimator", "a2tgpo"), **keywords)
+    if keywords:
+        raise TypeError("pass an EstimatorSettings or keyword settings, not both")
+    return settings
 
 
 @dataclass(frozen=True)
@@ -70,81 +177,29 @@ def turn_advantages(
     turn,
     ig,
     outcome,
-    *,
-    estimator: str = "a2tgpo",
-    gamma: float = 1.0,
-    clip_eps_low: float = 0.2,
-    clip_eps_high: float = 0.2,
-    clip_beta: float = 0.3,
-    turn_group_norm: bool | None = None,
-    variance_rescale: bool | None = None,
-    adaptive_clip: bool | None = None,
-    ig_coef: float | None = None,
-    clip_magnitude: bool = False,
+    settings: EstimatorSettings | None = None,
+    **keywords: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-turn advantage, eps_low and eps_high (1-D float64 tensors aligned with the rows).
 
     Rows: one per assistant turn, in any order. `group` is the prompt group, `turn` the
     0-based turn index, `ig` the turn's IG (ignored on a trajectory's last turn; NaN =
-    no IG), `outcome` the trajectory's outcome repeated on each of its rows. Switches
-    left as None take the estimator's default (see the module table). Bad rows raise
-    ValueError naming them.
+    no IG), `outcome` the trajectory's outcome repeated on each of its rows. Settings:
+    an `EstimatorSettings`, or keywords `estimator="a2tgpo"`, `gamma=...`, ... (its
+    fields; a switch left out or None takes the estimator's default, see the module
+    table). Bad rows raise ValueError naming them.
     """
     details = turn_advantage_details(
-        group,
-        trajectory,
-        turn,
-        ig,
-        outcome,
-        estimator=estimator,
-        gamma=gamma,
-        clip_eps_low=clip_eps_low,
-        clip_eps_high=clip_eps_high,
-        clip_beta=clip_beta,
-        turn_group_norm=turn_group_norm,
-        variance_rescale=variance_rescale,
-        adaptive_clip=adaptive_clip,
-        ig_coef=ig_coef,
-        clip_magnitude=clip_magnitude,
+        group, trajectory, turn, ig, outcome, estimator_settings(settings, **keywords)
     )
     return details.advantage, details.eps_low, details.eps_high
 
 
 def turn_advantage_details(
-    group,
-    trajectory,
-    turn,
-    ig,
-    outcome,
-    *,
-    estimator: str = "a2tgpo",
-    gamma: float = 1.0,
-    clip_eps_low: float = 0.2,
-    clip_eps_high: float = 0.2,
-    clip_beta: float = 0.3,
-    turn_group_norm: bool | None = None,
-    variance_rescale: bool | None = None,
-    adaptive_clip: bool | None = None,
-    ig_coef: float | None = None,
-    clip_magnitude: bool = False,
+    group, trajectory, turn, ig, outcome, settings: EstimatorSettings | None = None
 ) -> TurnAdvantages:
-    """`turn_advantages` with every intermediate (for logging and tests)."""
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; choose one of {sorted(ESTIMATORS)}")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
-    if not 0.0 <= clip_beta < 1.0:
-        raise ValueError(
-            f"clip_beta must lie in [0, 1) so clip ranges stay positive, got {clip_beta}"
-        )
-    if clip_eps_low <= 0 or clip_eps_high <= 0:
-        raise ValueError("clip_eps_low and clip_eps_high must be positive")
-    defaults = ESTIMATORS[estimator]
-    per_turn = _pick(turn_group_norm, defaults.turn_group_norm)
-    rescale = _pick(variance_rescale, defaults.variance_rescale)
-    adaptive = _pick(adaptive_clip, defaults.adaptive_clip)
-    alpha = _pick(ig_coef, defaults.ig_coef)
-
+    """`turn_advantages` with every intermediate (for logging and tests); None = a2tgpo."""
+    s = settings if settings is not None else EstimatorSettings.of()
     rows = prepare_turn_rows(group, trajectory, turn, outcome)
     ig_t = as_tensor(ig, "ig", torch.float64)
     if ig_t.shape[0] != rows.order.shape[0]:
@@ -154,35 +209,31 @@ def turn_advantage_details(
     s_ig = rows.sort(ig_t)
 
     outcome_norm = normalize_outcome(rows)[rows.traj]
-    if defaults.uses_ig:
+    if s.uses_ig:
         ig_valid = ~rows.is_last & torch.isfinite(s_ig)
-        ig_norm = normalize_ig(rows, s_ig, ig_valid, per_turn_index=per_turn)
-        ig_term = accumulate_ig(rows, ig_norm, gamma=gamma, variance_rescale=rescale)
-        advantage = outcome_norm + alpha * ig_term
+        ig_norm = normalize_ig(rows, s_ig, ig_valid, per_turn_index=s.turn_group_norm)
+        ig_term = accumulate_ig(rows, ig_norm, gamma=s.gamma, variance_rescale=s.variance_rescale)
+        advantage = outcome_norm + s.ig_coef * ig_term
     else:
         ig_valid = torch.zeros_like(rows.is_last)
         ig_norm = torch.zeros_like(s_ig)
         ig_term = torch.zeros_like(s_ig)
         advantage = outcome_norm
     clip_scale = (
-        adaptive_clip_scale(ig_norm, clip_beta, magnitude=clip_magnitude)
-        if adaptive
+        adaptive_clip_scale(ig_norm, s.clip_beta, magnitude=s.clip_magnitude)
+        if s.adaptive_clip
         else torch.ones_like(ig_norm)
     )
     return TurnAdvantages(
         advantage=rows.unsort(advantage),
-        eps_low=rows.unsort(clip_eps_low * clip_scale),
-        eps_high=rows.unsort(clip_eps_high * clip_scale),
+        eps_low=rows.unsort(s.clip_eps_low * clip_scale),
+        eps_high=rows.unsort(s.clip_eps_high * clip_scale),
         ig_norm=rows.unsort(ig_norm),
         ig_valid=rows.unsort(ig_valid),
         outcome_norm=rows.unsort(outcome_norm),
         ig_term=rows.unsort(ig_term),
         clip_scale=rows.unsort(clip_scale),
     )
-
-
-def _pick(value, default):
-    return default if value is None else value
 
 
 def normalize_outcome(rows: TurnRows) -> torch.Tensor:

@@ -129,7 +129,11 @@ def low_var_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Per-position entropy of softmax(logits) over the last dimension."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    return entropy_from_log_probs(torch.log_softmax(logits.float(), dim=-1))
+
+
+def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy from log-probs over the last dimension (a trainer that has them saves a softmax)."""
     return -(log_probs.exp() * log_probs).sum(-1)
 
 

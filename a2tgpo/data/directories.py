@@ -122,8 +122,16 @@ def materialize(
     return target
 
 
+def local_cache_dir(*parts: str) -> Path:
+    """A local folder for caches (materialized stages, BM25 indexes): $A2TGPO_CACHE, else
+    ~/.cache/a2tgpo; created on first use."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "a2tgpo").joinpath(*parts)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def _default_cache() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "a2tgpo") / "stages"
+    return local_cache_dir("stages")
 
 
 def _files(source: Path) -> list[Path]:

@@ -35,11 +35,11 @@ import pyarrow.parquet as pq
 from a2tgpo.data.schemas import PROMPTS
 from a2tgpo.data.storage import Storage
 from a2tgpo.data.validate import Validator
+from a2tgpo.envs.rewards import split_golds
 
 log = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
-ANSWER_SPLIT = "<|answer_split|>"
 QUESTION_MARKER = "Question:"
 
 
@@ -249,16 +249,16 @@ def _flashrag_row(index: int, row: Any, source: str, split: str) -> dict[str, An
 
 
 def _golds(value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = value.split(ANSWER_SPLIT)
-    elif isinstance(value, dict) and "target" in value:  # Search-R1: {"target": [...]}
+    if isinstance(value, dict) and "target" in value:  # Search-R1: {"target": [...]}
         value = value["target"]
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, str) and not (
+        isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+    ):
         raise _BadRow("gold answers must be strings")
-    golds = [v.strip() for v in value if v.strip()]
-    if not golds:
-        raise _BadRow("no gold answer")
-    return golds
+    try:
+        return split_golds(value)  # the reward's rule, so both read a dataset's golds alike
+    except ValueError:
+        raise _BadRow("no gold answer") from None
 
 
 def _question(content: str) -> str:

@@ -14,10 +14,11 @@ added after the data was written reads as nulls.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -49,7 +50,14 @@ from a2tgpo.data.validate import Validator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["is_committed", "iter_stage_batches", "read_manifest", "read_stage", "write_stage"]
+__all__ = [
+    "is_committed",
+    "iter_stage_batches",
+    "read_manifest",
+    "read_stage",
+    "resumable",
+    "write_stage",
+]
 
 TableLike = pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch | pa.Table]
 
@@ -57,6 +65,21 @@ TableLike = pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch | pa.Table]
 # encoding of token ids (-7%) at half the encode and a quarter of the decode time.
 COMPRESSION = "zstd"
 PARTS_IN_FLIGHT = 2  # parts encoded / uploaded concurrently (each ~75 MB at 4096 x 2k)
+
+
+def resumable(stage_fn: Callable[..., Manifest]) -> Callable[..., Manifest]:
+    """The rule of resume, for a stage function `fn(config, *, out_uri, ...)`: when its
+    output is already committed, return that manifest and compute nothing."""
+
+    @functools.wraps(stage_fn)
+    def run(config, *args: Any, out_uri: str, **kwargs: Any) -> Manifest:
+        existing = read_manifest(Storage(config.storage), out_uri)
+        if existing is not None:
+            log.info("%s: %s is already committed; nothing to do", stage_fn.__name__, out_uri)
+            return existing
+        return stage_fn(config, *args, out_uri=out_uri, **kwargs)
+
+    return run
 
 
 def write_stage(

@@ -7,7 +7,8 @@ starts from when no model folder is given. vLLM and transformers are imported on
 when an engine is made, so importing this package is cheap.
 """
 
-from a2tgpo.engines.base import Engine, Generation, SamplingSpec, make_engine
+from a2tgpo.engines.base import Engine, Generation, SamplingSpec
+from a2tgpo.engines.factory import make_engine
 from a2tgpo.engines.tiny_model import AGENT_TAGS, SPECIAL_TOKENS, build_tiny_model
 
 __all__ = [

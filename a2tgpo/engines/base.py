@@ -20,10 +20,9 @@ Contract shared by both engines:
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -125,46 +124,23 @@ def check_starts(sequences: list[list[int]], starts: list[int]) -> None:
             raise ValueError(f"sequence {i}: start {start} not in [1, {len(seq)}]")
 
 
-def resolve_dtype(dtype: str) -> str:
-    """'auto' = bfloat16 on a GPU, float32 on CPU (ModelConfig.dtype's rule)."""
+def resolve_dtype(dtype: str, *, on_gpu: bool | None = None) -> str:
+    """'auto' = bfloat16 on a GPU, float32 on CPU (ModelConfig.dtype's rule), as a name.
+
+    on_gpu: whether the model will run on a GPU; None = whether CUDA is available (the
+    trainer says, since DS_ACCELERATOR=cpu keeps it on CPU beside a GPU).
+    """
     if dtype != "auto":
         return dtype
+    if on_gpu is None:
+        import torch  # late: importing the engine interface stays torch-free
+
+        on_gpu = torch.cuda.is_available()
+    return "bfloat16" if on_gpu else "float32"
+
+
+def torch_dtype(dtype: str, *, on_gpu: bool | None = None) -> Any:
+    """`resolve_dtype` as a torch.dtype, for loading HF models in-process."""
     import torch
 
-    return "bfloat16" if torch.cuda.is_available() else "float32"
-
-
-def make_engine(
-    kind: Literal["vllm", "hf"],
-    model_dir: str | os.PathLike[str],
-    *,
-    dtype: str = "auto",
-    max_model_len: int = 2048,
-    seed: int = 0,
-    kv_cache_gib: float = 1.0,
-    tensor_parallel_size: int = 1,
-    **kwargs: Any,
-) -> Engine:
-    """Load `model_dir` in the named engine. Extra kwargs go to the engine's constructor.
-
-    kv_cache_gib and tensor_parallel_size only matter to vLLM. The vLLM engine
-    starts a child process: call this under `if __name__ == "__main__":` in scripts.
-    """
-    dtype = resolve_dtype(dtype)
-    if kind == "vllm":
-        from a2tgpo.engines.vllm_engine import VLLMEngine
-
-        return VLLMEngine(
-            model_dir,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            seed=seed,
-            kv_cache_gib=kv_cache_gib,
-            tensor_parallel_size=tensor_parallel_size,
-            **kwargs,
-        )
-    if kind == "hf":
-        from a2tgpo.engines.hf_engine import HFEngine
-
-        return HFEngine(model_dir, dtype=dtype, max_model_len=max_model_len, seed=seed, **kwargs)
-    raise ValueError(f"unknown engine kind {kind!r} (expected 'vllm' or 'hf')")
+    return getattr(torch, resolve_dtype(dtype, on_gpu=on_gpu))

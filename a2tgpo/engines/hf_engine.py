@@ -20,12 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from a2tgpo.batching import token_budget_batches
 from a2tgpo.engines.base import (
     Engine,
     Generation,
     SamplingSpec,
     check_starts,
     expand_specs,
+    torch_dtype,
 )
 
 
@@ -57,7 +59,7 @@ class HFEngine(Engine):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.model: Any = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+            str(model_dir), dtype=torch_dtype(dtype), attn_implementation=attn_implementation
         )
         self.model.to(self.device).eval()
         self.max_model_len = max_model_len or self.model.config.max_position_embeddings
@@ -91,8 +93,8 @@ class HFEngine(Engine):
         torch = self._torch
         result: list[np.ndarray | None] = [None] * len(sequences)
         # Longest first, so each batch pads little and its size follows the budget.
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-        for batch in _token_batches(order, sequences, self.tokens_per_batch):
+        lengths = [len(s) for s in sequences]
+        for batch in token_budget_batches(lengths, self.tokens_per_batch, longest_first=True):
             ids, mask = _pad([sequences[i] for i in batch], self.pad_id, left=False)
             with torch.inference_mode():
                 logits = self.model(
@@ -248,17 +250,6 @@ def _pad(seqs: list[list[int]], pad_id: int, *, left: bool) -> tuple[Any, Any]:
         ids[i, span] = torch.tensor(s, dtype=torch.long)
         mask[i, span] = 1
     return ids, mask
-
-
-def _token_batches(order: list[int], seqs: list[list[int]], budget: int) -> list[list[int]]:
-    """Split `order` (longest first) into batches whose padded size fits `budget`."""
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and len(seqs[batches[-1][0]]) * (len(batches[-1]) + 1) <= budget:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -9,7 +9,9 @@ Cache: `{cache_dir}/bm25-{key}` where key hashes the corpus (titles and texts),
 the BM25 parameters and the tokenizer version. The index is written to a temp
 folder, a marker file is written last, and the folder is renamed into place,
 so a reader sees a complete index or none; an index that fails to load (half
-written by an older writer, corrupted, foreign) is rebuilt and replaced.
+written by an older writer, corrupted, foreign) is rebuilt and replaced. A cache
+that cannot be read or written costs only time, so it is a logged warning, never
+an error; any other exception is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from a2tgpo.envs.retrievers import Passage, as_passages
 _CACHE_VERSION = "a2tgpo-bm25-v1"
 _MARKER = "a2tgpo-bm25.json"
 _WORD = re.compile(r"\w+")
+# What a missing, truncated, corrupt or unwritable cache raises (I/O, JSON, numpy load).
+_CACHE_ERRORS = (OSError, ValueError, EOFError)
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -99,34 +105,56 @@ class BM25Retriever:
         return index
 
     def _load(self) -> Any:
-        bm25s = _import_bm25s()
+        """The cached index; None when there is none or it cannot be used (then rebuilt)."""
         assert self.cache_path is not None
-        marker = self.cache_path / _MARKER
+        if not os.path.exists(self.cache_path):
+            return None  # first build for this corpus: a plain miss
+        bm25s = _import_bm25s()
         try:
-            meta = json.loads(marker.read_text())
-            if meta.get("key") != self.key or meta.get("num_docs") != len(self.passages):
-                return None
-            index = bm25s.BM25.load(str(self.cache_path), show_progress=False, mmap=False)
-            if int(index.scores["num_docs"]) != len(self.passages):
-                return None
-            return index
-        except Exception:  # missing, half-written or corrupt: rebuild
+            meta = json.loads((self.cache_path / _MARKER).read_text())
+            index = None
+            if isinstance(meta, dict) and meta.get("key") == self.key:
+                index = bm25s.BM25.load(str(self.cache_path), show_progress=False, mmap=False)
+        except _CACHE_ERRORS as exc:
+            log.warning(
+                "bm25 index cache %s cannot be read (%s: %s); rebuilding it",
+                self.cache_path,
+                type(exc).__name__,
+                exc,
+            )
             return None
+        num_docs = index.scores.get("num_docs") if index is not None else None
+        if num_docs is None or int(num_docs) != len(self.passages):
+            log.warning("bm25 index cache %s is not this corpus's; rebuilding it", self.cache_path)
+            return None
+        return index
 
     def _save(self, index: Any) -> None:
+        """Write the index to the cache; a failure leaves it in memory only, with a warning."""
         assert self.cache_path is not None
         final = self.cache_path
-        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
+            final.parent.mkdir(parents=True, exist_ok=True)
             index.save(str(tmp), show_progress=False)
             meta = {"key": self.key, "num_docs": len(self.passages), "params": self.params}
             (tmp / _MARKER).write_text(json.dumps(meta))  # last: its presence means complete
             if final.exists():
                 shutil.rmtree(final, ignore_errors=True)  # we only get here if it failed to load
-            os.rename(tmp, final)
-        except OSError:
-            pass  # another process won the race, or the disk is read-only: the index is in memory
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if os.path.exists(final / _MARKER):  # never raises, unlike Path.exists
+                    return  # another process renamed its complete index into place first
+                raise
+        except OSError as exc:
+            log.warning(
+                "cannot write the bm25 index cache %s (%s: %s); the index lives in memory "
+                "only and is rebuilt next time",
+                final,
+                type(exc).__name__,
+                exc,
+            )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

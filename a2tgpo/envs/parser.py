@@ -28,8 +28,10 @@ directly followed, among answer tags, by `</answer>`.
 
 Both work on a list of tag events found by one literal-alternation regex, so
 they run in linear time on any input (no backtracking, no nested scanning), and
-they never raise: bytes are decoded with replacement, and lone surrogates and
-NUL characters are replaced in what they return.
+they never raise on str, bytes or None: bytes are decoded with replacement, and
+lone surrogates and NUL characters are replaced in what they return. That holds
+by construction, not by catching: a bug here crashes rather than passing as a
+malformed turn or a format penalty.
 """
 
 from __future__ import annotations
@@ -80,11 +82,8 @@ def _invalid(reason: str) -> Action:
 def parse_action(
     turn_text: str | bytes | None, max_query_chars: int = DEFAULT_MAX_QUERY_CHARS
 ) -> Action:
-    """Decide the action of one assistant turn (rule in the module docstring). Never raises."""
-    try:
-        return _parse_action(_as_text(turn_text), max_query_chars)
-    except Exception as exc:  # a parser bug must not kill a rollout; say so in the reason
-        return _invalid(f"parser error: {type(exc).__name__}")
+    """Decide the action of one assistant turn (rule in the module docstring)."""
+    return _parse_action(_as_text(turn_text), max_query_chars)
 
 
 def _parse_action(text: str, max_query_chars: int) -> Action:
@@ -129,15 +128,12 @@ def extract_answer(text: str | bytes | None) -> str | None:
 
     A complete pair is an `<answer>` whose next answer tag is `</answer>`, so in
     `<answer>a<answer>b</answer>` the pair is the one around "b". The content may
-    be empty (""); callers decide whether that counts as an answer. Never raises.
+    be empty (""); callers decide whether that counts as an answer.
     """
-    try:
-        text = _as_text(text)
-        answer_tags = [e for e in _events(text) if e[3] == "answer"]
-        for k in range(len(answer_tags) - 1, 0, -1):
-            close, opening = answer_tags[k], answer_tags[k - 1]
-            if close[2] and not opening[2]:
-                return _clean(text[opening[1] : close[0]]).strip()
-        return None
-    except Exception:
-        return None
+    text = _as_text(text)
+    answer_tags = [e for e in _events(text) if e[3] == "answer"]
+    for k in range(len(answer_tags) - 1, 0, -1):
+        close, opening = answer_tags[k], answer_tags[k - 1]
+        if close[2] and not opening[2]:
+            return _clean(text[opening[1] : close[0]]).strip()
+    return None

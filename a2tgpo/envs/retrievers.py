@@ -3,7 +3,7 @@
 `Retriever` is the protocol the tool calls: a batch of queries in, the top-k
 passages of each out. Two implementations:
 
-- `BM25Retriever` (in `a2tgpo.envs.bm25`, re-exported here): bm25s over an
+- `BM25Retriever` (in `a2tgpo.envs.bm25`, which imports this module): bm25s over an
   in-memory list of passages, its index cached on disk by a hash of the corpus.
 - `HttpRetriever`: a Search-R1 retrieval server (`POST /retrieve` with
   `{"queries", "topk", "return_scores"}`), with timeouts and retries.
@@ -19,12 +19,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
-
-if TYPE_CHECKING:
-    from a2tgpo.envs.bm25 import BM25Retriever
 
 
 @dataclass(frozen=True)
@@ -187,17 +184,7 @@ def as_passages(items: Iterable[Passage | str | dict[str, Any]]) -> list[Passage
     return [passage_from_record(item) for item in items]
 
 
-def __getattr__(name: str) -> Any:
-    # BM25Retriever lives in bm25.py (it imports this module); re-export it lazily.
-    if name == "BM25Retriever":
-        from a2tgpo.envs.bm25 import BM25Retriever
-
-        return BM25Retriever
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
-    "BM25Retriever",
     "HttpRetriever",
     "Passage",
     "Retriever",

@@ -53,7 +53,8 @@ def split_golds(golds: Golds) -> list[str]:
     """Gold answers as a list: a `<|answer_split|>`-joined string, or a list/array of them.
 
     Blank entries are dropped. Raises ValueError when nothing is left, since a
-    reward against no gold is meaningless and would silently score 0.
+    reward against no gold is meaningless and would silently score 0. The dataset
+    loaders (a2tgpo.data.loaders) split golds with this function too.
     """
     items: Iterable[object] = [golds] if isinstance(golds, str | bytes) else golds
     out: list[str] = []

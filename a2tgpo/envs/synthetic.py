@@ -27,6 +27,7 @@ from typing import Any
 
 from a2tgpo.envs.prompting import SYSTEM_PROMPT, build_messages, wrap_observation
 from a2tgpo.envs.retrievers import Passage, Retriever
+from a2tgpo.envs.synthetic_hard import HardWorld
 from a2tgpo.envs.synthetic_world import Fact, World
 from a2tgpo.envs.tools import SearchTool
 
@@ -80,14 +81,44 @@ def question_text(entity: str, relations: tuple[str, ...]) -> str:
 class SyntheticWorld:
     """The world, its question splits, and ideal transcripts for supervised warm-start."""
 
-    def __init__(self, seed: int = 0, num_entities: int = 60, max_hops: int = 2):
+    def __init__(
+        self,
+        seed: int = 0,
+        num_entities: int = 60,
+        max_hops: int = 2,
+        world: str = "easy",
+        name_sharing: int = 2,
+        eval_fraction: float = EVAL_FRACTION,
+    ):
         if not 1 <= max_hops <= 4:
             raise ValueError(f"max_hops must be in 1..4, got {max_hops}")
+        if world not in ("easy", "hard"):
+            raise ValueError(f"world must be 'easy' or 'hard', got {world!r}")
         self.seed = seed
         self.max_hops = max_hops
-        self.world = World(seed, num_entities)
-        self._splits = self._split(self._enumerate())
+        self.kind = world
+        self.eval_fraction = eval_fraction
+        self.world = (
+            World(seed, num_entities)
+            if world == "easy"
+            else HardWorld(seed, num_entities, name_sharing)
+        )
+        chains = self._enumerate()
+        self._splits = self._split(chains) if world == "easy" else self._split_by_start(chains)
         self._tool: SearchTool | None = None
+        self._id_prefix = "syn" if world == "easy" else "syn-hard"
+
+    @classmethod
+    def from_config(cls, env: Any) -> SyntheticWorld:
+        """The world an EnvConfig describes (kind, seed, size, hops and the hard world's knobs)."""
+        return cls(
+            env.seed,
+            env.num_entities,
+            env.max_hops,
+            world=env.world,
+            name_sharing=env.name_sharing,
+            eval_fraction=env.eval_fraction,
+        )
 
     @property
     def corpus(self) -> list[Passage]:
@@ -120,9 +151,35 @@ class SyntheticWorld:
         for hops in sorted(chains):
             pool = list(chains[hops])
             rng.shuffle(pool)
-            n_eval = max(1, round(EVAL_FRACTION * len(pool))) if len(pool) > 1 else 0
+            n_eval = max(1, round(self.eval_fraction * len(pool))) if len(pool) > 1 else 0
             splits["eval"].append(pool[:n_eval])
             splits["train"].append(pool[n_eval:])
+        return splits
+
+    def _split_by_start(
+        self, chains: dict[int, list[tuple[Fact, ...]]]
+    ) -> dict[str, list[list[Any]]]:
+        """Hard world: whole start entities go to eval (in seeded order) until it holds
+        `eval_fraction` of the questions, so training never asks about them."""
+        starts: dict[str, int] = {}
+        for pool in chains.values():
+            for chain in pool:
+                starts[chain[0].subject] = starts.get(chain[0].subject, 0) + 1
+        order = sorted(starts)
+        random.Random(f"a2tgpo-synthetic-hard-split-{self.seed}").shuffle(order)
+        target, held, count = self.eval_fraction * sum(starts.values()), set(), 0
+        for entity in order:
+            if count >= target:
+                break
+            held.add(entity)
+            count += starts[entity]
+        rng = random.Random(f"a2tgpo-synthetic-hard-order-{self.seed}")
+        splits: dict[str, list[list[Any]]] = {"train": [], "eval": []}
+        for hops in sorted(chains):
+            pool = list(chains[hops])
+            rng.shuffle(pool)
+            splits["eval"].append([c for c in pool if c[0].subject in held])
+            splits["train"].append([c for c in pool if c[0].subject not in held])
         return splits
 
     def _ordered(self, split: str) -> list[tuple[Fact, ...]]:
@@ -154,7 +211,7 @@ class SyntheticWorld:
             start, relations = chain[0].subject, tuple(f.relation for f in chain)
             out.append(
                 Question(
-                    question_id=f"syn-s{self.seed}-{split}-{i:06d}",
+                    question_id=f"{self._id_prefix}-s{self.seed}-{split}-{i:06d}",
                     text=question_text(start, relations),
                     golds=(chain[-1].object,),
                     hops=len(chain),
@@ -224,7 +281,8 @@ class SyntheticWorld:
                 "data_source": DATA_SOURCE,
                 "split": split,
                 "question": q.text,
-                "meta": {"hops": q.hops, "key": q.key, "seed": self.seed},
+                "meta": {"hops": q.hops, "key": q.key, "seed": self.seed}
+                | ({"world": self.kind} if self.kind != "easy" else {}),
             }
             for q in self.questions(split, n)
         ]

@@ -83,13 +83,8 @@ class World:
     def __init__(self, seed: int, num_people: int):
         if num_people < 4:
             raise ValueError("a synthetic world needs at least 4 people")
-        rng = random.Random(f"a2tgpo-synthetic-{seed}")
-        names = _Names(rng)
-        self.people = [names.person() for _ in range(num_people)]
-        num_cities = math.ceil(num_people / 2)
-        self.cities = [names.word(2) for _ in range(num_cities)]
-        self.countries = [names.word(2, "ia") for _ in range(math.ceil(num_cities / 3))]
-        self.companies = [names.word(2, "ex") for _ in range(math.ceil(num_people / 2))]
+        rng = random.Random(self._rng_name(seed))
+        self._name_entities(_Names(rng), num_people)
         self.kind = {e: "person" for e in self.people}
         self.kind |= {e: "city" for e in self.cities}
         self.kind |= {e: "country" for e in self.countries}
@@ -98,6 +93,18 @@ class World:
         self.passages: list[Passage] = []
         self._relate(rng)
         rng.shuffle(self.passages)  # corpus order carries no hint of the structure
+
+    @staticmethod
+    def _rng_name(seed: int) -> str:
+        return f"a2tgpo-synthetic-{seed}"
+
+    def _name_entities(self, names: _Names, num_people: int) -> None:
+        """Name people, cities, countries and companies (a subclass may share name words)."""
+        self.people = [names.person() for _ in range(num_people)]
+        num_cities = math.ceil(num_people / 2)
+        self.cities = [names.word(2) for _ in range(num_cities)]
+        self.countries = [names.word(2, "ia") for _ in range(math.ceil(num_cities / 3))]
+        self.companies = [names.word(2, "ex") for _ in range(math.ceil(num_people / 2))]
 
     def _state(self, text: str, title: str, facts: list[tuple[str, str, str]]) -> None:
         passage = Passage(text=text, title=title)
@@ -125,7 +132,10 @@ class World:
         for company, founder in zip(self.companies, founders, strict=True):
             facts = [(company, "founded_by", founder)]
             self._state(f"{company} was founded by {founder}.", company, facts)
-        singles = [p for p in self.people if p not in set(founders)]
+        self._marry([p for p in self.people if p not in set(founders)], rng)
+
+    def _marry(self, singles: list[str], rng: random.Random) -> None:
+        """Pair up the unmarried people (one passage per couple, titled by the first)."""
         rng.shuffle(singles)
         for a, b in zip(singles[0::2], singles[1::2], strict=False):
             facts = [(a, "spouse", b), (b, "spouse", a)]

@@ -115,8 +115,8 @@ def make_search_tool(
 ) -> SearchTool:
     """The search tool an EnvConfig describes.
 
-    synthetic: BM25 over the synthetic world's corpus (seed, num_entities,
-    max_hops); search_qa + bm25: BM25 over `corpus` (or `env.corpus` jsonl);
+    synthetic: BM25 over the corpus of `SyntheticWorld.from_config(env)` (world,
+    seed, size, hops); search_qa + bm25: BM25 over `corpus` (or `env.corpus` jsonl);
     http: a Search-R1 server at `env.retriever_url`.
     """
     from a2tgpo.envs.bm25 import BM25Retriever  # bm25s loads only when needed
@@ -125,7 +125,7 @@ def make_search_tool(
     if env.kind == "synthetic":
         from a2tgpo.envs.synthetic import SyntheticWorld
 
-        world = SyntheticWorld(env.seed, env.num_entities, env.max_hops)
+        world = SyntheticWorld.from_config(env)
         retriever = BM25Retriever(world.corpus, cache_dir=cache_dir)
     elif env.retriever == "http":
         if not env.retriever_url:

@@ -16,7 +16,6 @@ is empty for the terminal turn: an observation that no later turn reads is dropp
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from a2tgpo.engines.base import Engine, SamplingSpec
 from a2tgpo.envs.parser import parse_action
 from a2tgpo.envs.prompting import OBSERVATION_CLOSE, OBSERVATION_OPEN
 from a2tgpo.envs.tools import SearchTool
+from a2tgpo.seeds import derive_seed
 
 STOP_STRINGS = ("</search>", "</answer>")
 INVALID_ACTION_TEXT = (
@@ -63,11 +63,30 @@ class Episode:
         self.loss_mask.extend([int(generated)] * len(tokens))
         self.logprobs.extend(logprobs if logprobs is not None else [0.0] * len(tokens))
 
+    def add_turn(
+        self,
+        tokens: list[int],
+        text: str,
+        action: str,
+        query: str | None,
+        logprobs: list[float] | None = None,
+    ) -> dict:
+        """Append one generated turn and its record (an empty observation span for now)."""
+        start = len(self.token_ids)
+        self.append(tokens, generated=True, logprobs=logprobs)
+        self.generated_text.append(text)
+        end = len(self.token_ids)
+        turn = {"turn": len(self.turns), "start": start, "end": end}
+        turn |= {"obs_start": end, "obs_end": end, "action": action, "query": query}
+        self.turns.append(turn)
+        return turn
 
-def derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from any parts (same on every machine and Python run)."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    def add_observation(self, tokens: list[int]) -> None:
+        """Append the observation that follows the last turn (loss mask 0)."""
+        turn = self.turns[-1]
+        turn["obs_start"] = len(self.token_ids)
+        self.append(tokens, generated=False)
+        turn["obs_end"] = len(self.token_ids)
 
 
 class ObservationTokens:
@@ -117,7 +136,7 @@ class AgentLoop:
             )
             searches: list[tuple[Episode, str]] = []
             for ep, gen in zip(active, generations, strict=True):
-                query = self._record_turn(ep, turn, gen)
+                query = self._record_turn(ep, gen)
                 if query is not None:
                     searches.append((ep, query))
             self._observe(searches, last_turn=turn == self.config.max_turns - 1)
@@ -147,25 +166,15 @@ class AgentLoop:
             regex=self.turn_regex(ep, turn) if self.turn_regex else None,
         )
 
-    def _record_turn(self, ep: Episode, turn: int, gen) -> str | None:
+    def _record_turn(self, ep: Episode, gen) -> str | None:
         """Append the turn's tokens; return its search query, if it made one."""
-        start = len(ep.token_ids)
-        ep.append(list(gen.token_ids), generated=True, logprobs=list(gen.logprobs or []) or None)
-        ep.generated_text.append(gen.text)
         action = parse_action(gen.text)
+        logprobs = list(gen.logprobs or []) or None
+        ep.add_turn(list(gen.token_ids), gen.text, action.kind, None, logprobs)
         cut_by_budget = gen.finish_reason == "length" and self._remaining(ep) < 1
         kind = "truncated" if cut_by_budget and action.kind == "invalid" else action.kind
-        ep.turns.append(
-            {
-                "turn": turn,
-                "start": start,
-                "end": len(ep.token_ids),
-                "obs_start": len(ep.token_ids),
-                "obs_end": len(ep.token_ids),
-                "action": kind,
-                "query": action.content if kind == "search" else None,
-            }
-        )
+        ep.turns[-1]["action"] = kind
+        ep.turns[-1]["query"] = action.content if kind == "search" else None
         if kind == "answer":
             ep.finish_reason = "answer"
         elif kind == "truncated":
@@ -189,7 +198,4 @@ class AgentLoop:
             if len(tokens) >= self._remaining(ep):
                 ep.finish_reason = "max_tokens"  # no room for another turn: drop the observation
                 continue
-            turn = ep.turns[-1]
-            turn["obs_start"] = len(ep.token_ids)
-            ep.append(tokens, generated=False)
-            turn["obs_end"] = len(ep.token_ids)
+            ep.add_observation(tokens)

@@ -1,9 +1,10 @@
-"""The rollout stage: prompts dataset + policy -> trajectories dataset.
+"""Trajectories from prompts: episodes, the agent loop, outcome rewards, TRAJECTORIES rows.
 
-Reads a committed prompts dataset, samples `rollout.group_size` trajectories per
-prompt with the agent loop (`a2tgpo.rollout.agent`) on vLLM or HF, scores each
-trajectory's outcome (EM / F1 with the format penalty, spec "Rewards"), and commits
-the rows in the TRAJECTORIES schema. A committed output is never redone.
+Samples `rollout.group_size` trajectories per prompt with the agent loop
+(`a2tgpo.rollout.agent`) on vLLM or HF, scores each trajectory's outcome (EM / F1 with
+the format penalty, spec "Rewards") and builds the rows in the TRAJECTORIES schema.
+The rollout and evaluate stages (`a2tgpo.stages`) commit them; the warm-start builds its
+demonstrations through the same `trajectories_table`.
 
 Departure from the papers: the trajectory keeps the engine's own log-probs of its
 tokens (`rollout_logprobs`, unscaled model log-probs) so the trainer can log the
@@ -12,10 +13,8 @@ engine/trainer mismatch per turn.
 
 from __future__ import annotations
 
-import logging
-import os
+import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,16 +22,18 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from a2tgpo.config import RunConfig
+from a2tgpo.data.checkpoints import local_policy
+from a2tgpo.data.directories import local_cache_dir
 from a2tgpo.data.manifest import Manifest
 from a2tgpo.data.schemas import TRAJECTORIES
-from a2tgpo.data.stage import read_manifest, read_stage, write_stage
+from a2tgpo.data.stage import read_stage, write_stage
 from a2tgpo.data.storage import Storage
 from a2tgpo.engines.base import Engine
 from a2tgpo.envs.rewards import score_response
 from a2tgpo.envs.tools import SearchTool, make_search_tool
-from a2tgpo.rollout.agent import AgentLoop, Episode, derive_seed
-
-log = logging.getLogger(__name__)
+from a2tgpo.rollout.agent import AgentLoop, Episode
+from a2tgpo.rollout.session import EngineSession
+from a2tgpo.seeds import derive_seed
 
 
 def build_episodes(prompts: pa.Table, tokenizer, group_size: int, seed: int) -> list[Episode]:
@@ -59,9 +60,16 @@ def build_episodes(prompts: pa.Table, tokenizer, group_size: int, seed: int) -> 
 
 
 def trajectories_table(
-    episodes: list[Episode], prompts: pa.Table, config: RunConfig, policy_version: int
+    episodes: list[Episode],
+    prompts: pa.Table,
+    config: RunConfig,
+    policy_version: int,
+    engine_name: str | None = None,
 ) -> pa.Table:
-    """The TRAJECTORIES rows of finished episodes, with outcome rewards."""
+    """The TRAJECTORIES rows of finished episodes, with outcome rewards.
+
+    `engine_name` is what produced the tokens (default: the configured rollout engine;
+    the warm-start's demonstrations say "demonstration")."""
     by_id = {
         r["prompt_id"]: r for r in prompts.select(["prompt_id", "golds", "data_source"]).to_pylist()
     }
@@ -93,7 +101,7 @@ def trajectories_table(
                     "top_p": config.rollout.top_p,
                     "max_turn_tokens": config.rollout.max_turn_tokens,
                     "seed": ep.seed,
-                    "engine": config.rollout.engine,
+                    "engine": engine_name or config.rollout.engine,
                 },
                 "rollout_logprobs": ep.logprobs,
             }
@@ -101,8 +109,11 @@ def trajectories_table(
     return pa.Table.from_pylist(rows, schema=TRAJECTORIES)
 
 
-def rollout_stats(table: pa.Table) -> dict[str, Any]:
-    """What the manifest and the tracker record about a trajectories dataset."""
+def rollout_stats(table: pa.Table, prompts: pa.Table | None = None) -> dict[str, Any]:
+    """What the manifest and the tracker record about a trajectories dataset.
+
+    With the prompts, EM / F1 per hop count too (`by_hops`), where the prompts' meta
+    says how many lookups each question needs (the synthetic worlds)."""
     turns = np.array([len(t) for t in table.column("turns").to_pylist()])
     generated = int(sum(sum(m) for m in table.column("loss_mask").to_pylist()))
     actions = Counter(
@@ -119,91 +130,91 @@ def rollout_stats(table: pa.Table) -> dict[str, Any]:
         "finish_reasons": dict(Counter(table.column("finish_reason").to_pylist())),
         "actions": dict(actions),
         "by_source": metrics_by_source(table),
+        **({"by_hops": by_hops} if (by_hops := metrics_by_hops(table, prompts)) else {}),
     }
 
 
 def metrics_by_source(table: pa.Table) -> dict[str, dict[str, float]]:
     """EM, F1 and count per data source (the benchmarks of search QA)."""
-    sources = np.array(table.column("data_source").to_pylist())
+    return _metrics_by(table, np.array(table.column("data_source").to_pylist()))
+
+
+def metrics_by_hops(table: pa.Table, prompts: pa.Table | None) -> dict[str, dict[str, float]]:
+    """EM, F1 and count per hop count, from the prompts' meta; {} when it has none."""
+    if prompts is None or "meta" not in prompts.column_names:
+        return {}
+    hops = {}
+    for row in prompts.select(["prompt_id", "meta"]).to_pylist():
+        meta = json.loads(row["meta"]) if row["meta"] else {}
+        if "hops" in meta:
+            hops[row["prompt_id"]] = str(meta["hops"])
+    if not hops:
+        return {}
+    keys = np.array([hops.get(p, "unknown") for p in table.column("prompt_id").to_pylist()])
+    return _metrics_by(table, keys)
+
+
+def _metrics_by(table: pa.Table, keys: np.ndarray) -> dict[str, dict[str, float]]:
     em, f1 = table.column("em").to_numpy(), table.column("f1").to_numpy()
     return {
-        str(src): {
-            "em": float(em[sources == src].mean()),
-            "f1": float(f1[sources == src].mean()),
-            "count": int((sources == src).sum()),
+        str(key): {
+            "em": float(em[keys == key].mean()),
+            "f1": float(f1[keys == key].mean()),
+            "count": int((keys == key).sum()),
         }
-        for src in np.unique(sources)
+        for key in np.unique(keys)
     }
 
 
-def run_rollout(
+def generate_trajectories(
+    config: RunConfig,
+    prompts: pa.Table,
+    engine: Engine,
+    tool: SearchTool,
+    *,
+    seed: int,
+    policy_version: int,
+    progress: bool = True,
+) -> pa.Table:
+    """Run the agent loop on `rollout.group_size` episodes per prompt; the TRAJECTORIES rows."""
+    episodes = build_episodes(prompts, engine.tokenizer, config.rollout.group_size, seed)
+    with tqdm(total=len(episodes), desc="rollout", unit="traj", disable=not progress) as bar:
+        AgentLoop(engine, tool, config.rollout).run(
+            episodes, on_finish=lambda done: bar.update(done - bar.n)
+        )
+    return trajectories_table(episodes, prompts, config, policy_version)
+
+
+def commit_trajectories(
     config: RunConfig,
     *,
     prompts_uri: str,
-    policy_dir: str,
+    policy_uri: str,
     out_uri: str,
     policy_version: int,
-    engine: Engine | None = None,
+    seed: int,
+    session: EngineSession,
     tool: SearchTool | None = None,
-    parents: list[str] | None = None,
     progress: bool = True,
 ) -> Manifest:
-    """Generate and commit the trajectories of every prompt in `prompts_uri`.
-
-    `engine` may be a running engine (already holding this policy); otherwise one is
-    started from `policy_dir` and closed at the end. Returns the committed manifest
-    (the existing one, untouched, when the stage was already committed).
-    """
+    """Roll out every prompt of `prompts_uri` with the policy at `policy_uri` (in the
+    session's engine) and commit the trajectories at `out_uri` with their stats."""
     storage = Storage(config.storage)
-    existing = read_manifest(storage, out_uri)
-    if existing is not None:
-        log.info("rollout %s already committed; nothing to do", out_uri)
-        return existing
     prompts = read_stage(storage, prompts_uri, "prompts")
     if prompts.num_rows == 0:
         raise ValueError(f"prompts dataset {prompts_uri} is empty")
-    tool = tool or make_search_tool(config.env, cache_dir=local_cache_dir())
-    own_engine = engine is None
-    if own_engine:
-        from a2tgpo.engines import make_engine
-
-        engine = make_engine(config.rollout.engine, policy_dir, **engine_options(config))
-    try:
-        seed = derive_seed(config.rollout.seed, config.seed, policy_version)
-        episodes = build_episodes(prompts, engine.tokenizer, config.rollout.group_size, seed)
-        with tqdm(total=len(episodes), desc="rollout", unit="traj", disable=not progress) as bar:
-            AgentLoop(engine, tool, config.rollout).run(
-                episodes, on_finish=lambda done: bar.update(done - bar.n)
-            )
-    finally:
-        if own_engine:
-            engine.close()
-    table = trajectories_table(episodes, prompts, config, policy_version)
+    tool = tool or make_search_tool(config.env, cache_dir=str(local_cache_dir()))
+    engine = session.engine_for(str(local_policy(storage, policy_uri)))
+    table = generate_trajectories(
+        config, prompts, engine, tool, seed=seed, policy_version=policy_version, progress=progress
+    )
     return write_stage(
         storage,
         out_uri,
         table,
         "trajectories",
         policy_version=policy_version,
-        parents=parents if parents is not None else [prompts_uri, policy_dir],
-        stats=rollout_stats(table),
+        parents=[prompts_uri, policy_uri],
+        stats=rollout_stats(table, prompts),
         rows_per_part=config.storage.rows_per_part,
     )
-
-
-def engine_options(config: RunConfig) -> dict[str, Any]:
-    """Keyword arguments of `make_engine` from the config."""
-    return {
-        "dtype": config.model.dtype,
-        "max_model_len": config.rollout.max_total_tokens + config.rollout.max_turn_tokens,
-        "seed": config.seed,
-        "kv_cache_gib": config.rollout.kv_cache_gib,
-        "tensor_parallel_size": config.rollout.tensor_parallel_size,
-    }
-
-
-def local_cache_dir() -> str:
-    """A local folder for caches (BM25 indexes, materialized checkpoints): $A2TGPO_CACHE."""
-    root = os.environ.get("A2TGPO_CACHE") or str(Path.home() / ".cache" / "a2tgpo")
-    Path(root).mkdir(parents=True, exist_ok=True)
-    return root

@@ -8,11 +8,12 @@ they compute the same numbers (naive, packed, vLLM), and tests hold them equal.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from a2tgpo.batching import token_budget_batches
 from a2tgpo.scoring.probes import ProbeSet
 
 
@@ -59,21 +60,19 @@ class HFScorer(Scorer):
     def hidden_states(self, **inputs) -> torch.Tensor:
         return self.model.base_model(**inputs, use_cache=False).last_hidden_state
 
-    def batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
+    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices grouped so that rows x longest row <= tokens_per_batch (sorted by length)."""
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        batch: list[int] = []
-        longest = 0
-        for i in order:
-            longest_if_added = max(longest, lengths[i])
-            if batch and longest_if_added * (len(batch) + 1) > self.tokens_per_batch:
-                yield batch
-                batch, longest_if_added = [], lengths[i]
-            batch.append(i)
-            longest = longest_if_added
-        if batch:
-            yield batch
+        return token_budget_batches(lengths, self.tokens_per_batch)
 
 
 def nan_values(probe_sets: Sequence[ProbeSet]) -> list[np.ndarray]:
     return [np.full(len(s.boundaries), np.nan) for s in probe_sets]
+
+
+def mean_by_owner(logprobs: torch.Tensor, owner: Sequence[int], count: int) -> list[float]:
+    """Mean (float64) of the gold-token log-probs of each probe: v per probe, 0..count-1."""
+    owner_t = torch.tensor(owner, device=logprobs.device)
+    sums = torch.zeros(count, dtype=torch.float64, device=logprobs.device)
+    sums.index_add_(0, owner_t, logprobs.double())
+    counts = torch.bincount(owner_t, minlength=count).clamp(min=1)
+    return (sums / counts).tolist()

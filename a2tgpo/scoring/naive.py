@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from a2tgpo.scoring.base import HFScorer, nan_values
+from a2tgpo.scoring.base import HFScorer, mean_by_owner, nan_values
 from a2tgpo.scoring.probes import ProbeSet, fitting_probes
 
 
@@ -54,12 +54,4 @@ class NaiveScorer(HFScorer):
             torch.tensor(positions, device=self.device),
             torch.tensor(targets, device=self.device),
         )
-        return _mean_by_owner(logprobs, owner, len(chosen))
-
-
-def _mean_by_owner(logprobs: torch.Tensor, owner: list[int], count: int) -> list[float]:
-    owner_t = torch.tensor(owner, device=logprobs.device)
-    sums = torch.zeros(count, dtype=torch.float64, device=logprobs.device)
-    sums.index_add_(0, owner_t, logprobs.double())
-    counts = torch.bincount(owner_t, minlength=count).clamp(min=1)
-    return (sums / counts).tolist()
+        return mean_by_owner(logprobs, owner, len(chosen))

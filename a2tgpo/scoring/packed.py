@@ -31,8 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from a2tgpo.scoring.base import HFScorer, nan_values
-from a2tgpo.scoring.naive import _mean_by_owner
+from a2tgpo.scoring.base import HFScorer, mean_by_owner, nan_values
 from a2tgpo.scoring.probes import ProbeSet, fits
 
 
@@ -83,7 +82,7 @@ class PackedScorer(HFScorer):
         logprobs = self.gold_logprobs(
             hidden, batch.rows.to(dev), batch.predictors.to(dev), batch.targets.to(dev)
         )
-        means = _mean_by_owner(logprobs, batch.owner, sum(batch.probes_per_row))
+        means = mean_by_owner(logprobs, batch.owner, sum(batch.probes_per_row))
         out, at = [], 0
         for n in batch.probes_per_row:
             out.append(means[at : at + n])

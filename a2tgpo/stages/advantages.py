@@ -19,7 +19,7 @@ from a2tgpo.algo import TurnAdvantages, turn_advantage_details
 from a2tgpo.config import EstimatorConfig, RunConfig
 from a2tgpo.data.manifest import Manifest
 from a2tgpo.data.schemas import ADVANTAGED
-from a2tgpo.data.stage import read_manifest, read_stage, write_stage
+from a2tgpo.data.stage import read_manifest, read_stage, resumable, write_stage
 from a2tgpo.data.storage import Storage
 
 
@@ -49,16 +49,7 @@ def compute_advantages(
         rows["turn"],
         rows["ig"],
         rows["outcome"],
-        estimator=estimator.name,
-        gamma=estimator.gamma,
-        clip_eps_low=estimator.clip_eps_low,
-        clip_eps_high=estimator.clip_eps_high,
-        clip_beta=estimator.clip_beta,
-        turn_group_norm=estimator.turn_group_norm,
-        variance_rescale=estimator.variance_rescale,
-        adaptive_clip=estimator.adaptive_clip,
-        ig_coef=estimator.ig_coef,
-        clip_magnitude=estimator.clip_magnitude,
+        estimator.settings(),
     )
     turns = table.column("turns").combine_chunks()
     flat = pc.list_flatten(turns)
@@ -106,12 +97,10 @@ def advantage_stats(table: pa.Table, details: TurnAdvantages) -> dict[str, Any]:
     return {"turns": int(turn.size), "by_turn": per_turn}
 
 
+@resumable
 def run_advantages(config: RunConfig, *, scored_uri: str, out_uri: str) -> Manifest:
     """Read a committed scored dataset, compute advantages, commit the advantaged one."""
     storage = Storage(config.storage)
-    existing = read_manifest(storage, out_uri)
-    if existing is not None:
-        return existing
     scored = read_stage(storage, scored_uri, "scored")
     if scored.num_rows == 0:
         raise ValueError(f"scored dataset {scored_uri} is empty")

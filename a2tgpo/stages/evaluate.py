@@ -4,15 +4,17 @@ Runs the agent loop twice on the same held-out prompts with the policy under tes
 greedy (temperature 0, one sample per prompt) and sampled (the rollout temperature,
 `eval.sampled_group` samples per prompt). Each run is committed as a trajectories
 dataset (`<prefix>-greedy`, `<prefix>-sampled`) whose manifest stats hold EM / F1 per
-data source, so every number links to the rows that produced it.
+data source (and per hop count on the synthetic worlds), so every number links to the
+rows that produced it.
 """
 
 from __future__ import annotations
 
 from a2tgpo.config import RunConfig
 from a2tgpo.data.manifest import Manifest
-from a2tgpo.engines.base import Engine
-from a2tgpo.rollout.stage import run_rollout
+from a2tgpo.data.stage import resumable
+from a2tgpo.rollout.session import EngineSession
+from a2tgpo.rollout.trajectories import commit_trajectories
 
 MODES = ("greedy", "sampled")
 
@@ -32,22 +34,24 @@ def run_evaluate(
     config: RunConfig,
     *,
     prompts_uri: str,
-    policy_dir: str,
     policy_uri: str,
-    out_prefix: str,
+    out_uri: str,
     policy_version: int,
-    engine: Engine | None = None,
+    seed: int,
+    session: EngineSession | None = None,
 ) -> dict[str, Manifest]:
-    """Commit greedy and sampled evaluation rollouts; returns their manifests by mode."""
-    return {
-        mode: run_rollout(
-            evaluation_config(config, mode),
-            prompts_uri=prompts_uri,
-            policy_dir=policy_dir,
-            out_uri=f"{out_prefix}-{mode}",
-            policy_version=policy_version,
-            engine=engine,
-            parents=[prompts_uri, policy_uri],
-        )
-        for mode in MODES
-    }
+    """Commit greedy and sampled evaluation rollouts at `<out_uri>-greedy` and
+    `<out_uri>-sampled` (`out_uri` is a prefix); returns their manifests by mode."""
+    with EngineSession.borrow(session, config) as engines:
+        return {
+            mode: resumable(commit_trajectories)(
+                evaluation_config(config, mode),
+                prompts_uri=prompts_uri,
+                policy_uri=policy_uri,
+                out_uri=f"{out_uri}-{mode}",
+                policy_version=policy_version,
+                seed=seed,
+                session=engines,
+            )
+            for mode in MODES
+        }

@@ -1,160 +1,50 @@
 """The score-ig stage: trajectories dataset + the policy that generated it -> scored.
 
-For every trajectory, v(h) after each turn boundary (spec section 1) with the chosen
-scorer, then IG per turn (`prob_diff` or `log_prob_diff`). Several golds: the first,
-or the max of v over them (`ig.multi_gold`). A prompt without golds, or a probe that
-would not fit in the model's context, gives v = NaN and so "no IG" for the turns
-next to it. Writes the SCORED schema: each turn gains `v` (of the context before it)
-and `ig` (null on the terminal turn or when not finite).
+Scores every trajectory with the configured scorer (`a2tgpo.scoring.trajectories`:
+v(h) after each turn boundary, IG per turn) and commits the SCORED schema. The packed
+and naive scorers run the policy in-process (HF); the vLLM scorer borrows the rollout
+engine.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-from typing import Any
+import time
 
-import numpy as np
-import pyarrow as pa
-
-from a2tgpo.algo import information_gain
-from a2tgpo.config import IGConfig
+from a2tgpo.config import RunConfig
+from a2tgpo.data.checkpoints import local_policy
 from a2tgpo.data.manifest import Manifest
-from a2tgpo.data.schemas import SCORED
-from a2tgpo.scoring.base import Scorer
-from a2tgpo.scoring.probes import ProbeSet, build_probe_sets, probe_tokens
-
-log = logging.getLogger(__name__)
-
-
-def probe_sets_for(table: pa.Table, tokenizer, ig: IGConfig) -> tuple[list[ProbeSet], list[int]]:
-    """The probe sets of every trajectory, and the row each set belongs to."""
-    sets: list[ProbeSet] = []
-    owners: list[int] = []
-    columns = table.select(["token_ids", "turns", "golds"]).to_pydict()
-    for row, (tokens, turns, golds) in enumerate(zip(*columns.values(), strict=True)):
-        chosen = golds[:1] if ig.multi_gold == "first" else golds
-        probes = [probe_tokens(tokenizer, ig.answer_prefix, g) for g in chosen if g.strip()]
-        boundaries = [t["start"] for t in turns]
-        for s in build_probe_sets(np.asarray(tokens), boundaries, probes):
-            sets.append(s)
-            owners.append(row)
-    return sets, owners
+from a2tgpo.data.stage import read_manifest, read_stage, resumable, write_stage
+from a2tgpo.data.storage import Storage
+from a2tgpo.rollout.session import EngineSession
+from a2tgpo.scoring.trajectories import ig_stats, make_scorer, score_trajectories
 
 
-def turn_values(
-    table: pa.Table, sets: Sequence[ProbeSet], owners: Sequence[int], values: list[np.ndarray]
-) -> list[np.ndarray]:
-    """v per turn of every row: the max over the row's gold sets (NaN without any)."""
-    turn_counts = [len(t) for t in table.column("turns").to_pylist()]
-    out = [np.full(n, np.nan) for n in turn_counts]
-    for row, v in zip(owners, values, strict=True):
-        out[row] = np.fmax(out[row], v)  # fmax: NaN only where every gold is NaN
-    return out
-
-
-def scored_table(table: pa.Table, v_per_row: list[np.ndarray], mode: str) -> pa.Table:
-    """The input rows with `v` and `ig` added to every turn (SCORED schema)."""
-    new_turns = []
-    for turns, v in zip(table.column("turns").to_pylist(), v_per_row, strict=True):
-        ig = information_gain(v, mode).numpy() if len(v) else np.array([])
-        new_turns.append(
-            [{**t, "v": _finite(v[k]), "ig": _finite(ig[k])} for k, t in enumerate(turns)]
-        )
-    index = table.schema.get_field_index("turns")
-    turns_array = pa.array(new_turns, type=SCORED.field("turns").type)
-    return table.set_column(index, SCORED.field("turns"), turns_array).cast(SCORED)
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
-
-
-def score_trajectories(table: pa.Table, scorer: Scorer, tokenizer, ig: IGConfig) -> pa.Table:
-    """Score every trajectory of a TRAJECTORIES table; returns the SCORED table."""
-    sets, owners = probe_sets_for(table, tokenizer, ig)
-    values = scorer.score(sets)
-    return scored_table(table, turn_values(table, sets, owners, values), ig.mode)
-
-
-def ig_stats(table: pa.Table) -> dict[str, Any]:
-    """Per turn index: IG count, mean, std; plus the share of turns with IG."""
-    by_turn: dict[int, list[float]] = {}
-    missing = 0
-    for turns in table.column("turns").to_pylist():
-        for t in turns[:-1]:
-            if t["ig"] is None:
-                missing += 1
-            else:
-                by_turn.setdefault(t["turn"], []).append(t["ig"])
-    return {
-        "ig_missing": missing,
-        "ig_by_turn": {
-            str(k): {"count": len(x), "mean": float(np.mean(x)), "std": float(np.std(x))}
-            for k, x in sorted(by_turn.items())
-        },
-    }
-
-
-def make_scorer(
-    kind: str, policy_dir: str, ig: IGConfig, dtype: str = "auto", engine=None
-) -> Scorer:
-    """A scorer over the policy in `policy_dir` (naive / packed: HF in-process; vllm: engine)."""
-    if kind == "vllm":
-        if engine is None:
-            raise ValueError("the vllm scorer needs a running engine (the rollout engine)")
-        from a2tgpo.scoring.vllm_scorer import VLLMScorer
-
-        return VLLMScorer(engine)
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from a2tgpo.scoring.naive import NaiveScorer
-    from a2tgpo.scoring.packed import PackedScorer
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = (
-        (torch.bfloat16 if device == "cuda" else torch.float32)
-        if dtype == "auto"
-        else getattr(torch, dtype)
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        policy_dir, dtype=torch_dtype, attn_implementation="sdpa"
-    ).to(device)
-    cls = {"naive": NaiveScorer, "packed": PackedScorer}[kind]
-    return cls(model, ig.tokens_per_batch)
-
-
+@resumable
 def run_score_ig(
-    config,
+    config: RunConfig,
     *,
     trajectories_uri: str,
     policy_uri: str,
     out_uri: str,
-    engine=None,
+    session: EngineSession | None = None,
 ) -> Manifest:
     """Score a committed trajectories dataset with the policy that generated it; commit it."""
-    import time
-
-    from transformers import AutoTokenizer
-
-    from a2tgpo.data.stage import read_manifest, read_stage, write_stage
-    from a2tgpo.data.storage import Storage
-    from a2tgpo.training.checkpoints import local_policy
-
     storage = Storage(config.storage)
-    existing = read_manifest(storage, out_uri)
-    if existing is not None:
-        return existing
     table = read_stage(storage, trajectories_uri, "trajectories")
     source = read_manifest(storage, trajectories_uri)
     policy_dir = str(local_policy(storage, policy_uri))
     start = time.perf_counter()
-    scorer = make_scorer(config.ig.scorer, policy_dir, config.ig, config.model.dtype, engine)
-    tokenizer = (
-        engine.tokenizer if engine is not None else AutoTokenizer.from_pretrained(policy_dir)
-    )
-    scored = score_trajectories(table, scorer, tokenizer, config.ig)
+    if config.ig.scorer == "vllm":
+        with EngineSession.borrow(session, config) as engines:
+            engine = engines.engine_for(policy_dir)
+            scorer = make_scorer("vllm", policy_dir, config.ig, config.model.dtype, engine)
+            scored = score_trajectories(table, scorer, engine.tokenizer, config.ig)
+    else:
+        from transformers import AutoTokenizer
+
+        scorer = make_scorer(config.ig.scorer, policy_dir, config.ig, config.model.dtype)
+        tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+        scored = score_trajectories(table, scorer, tokenizer, config.ig)
     seconds = time.perf_counter() - start
     return write_stage(
         storage,

@@ -14,105 +14,63 @@ need no warm-start; this stage exists only because the embedded model is random.
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 from a2tgpo.config import RunConfig
+from a2tgpo.data.checkpoints import local_policy
 from a2tgpo.data.manifest import Manifest
-from a2tgpo.data.schemas import TRAJECTORIES
-from a2tgpo.data.stage import read_manifest, write_stage
+from a2tgpo.data.schemas import PROMPTS
+from a2tgpo.data.stage import read_manifest, resumable, write_stage
 from a2tgpo.data.storage import Storage
-from a2tgpo.envs.prompting import OBSERVATION_CLOSE, OBSERVATION_OPEN, build_messages
+from a2tgpo.envs.prompting import OBSERVATION_CLOSE, OBSERVATION_OPEN
 from a2tgpo.envs.synthetic import SyntheticWorld
-from a2tgpo.envs.tools import SearchTool
-from a2tgpo.rollout.agent import ObservationTokens
-from a2tgpo.training.checkpoints import local_policy
-from a2tgpo.training.launcher import run_train_step
-
-
-def demonstration_row(world: SyntheticWorld, question, tool: SearchTool, tokenizer, encode_obs):
-    """One demonstration as a TRAJECTORIES row (outcome 1: it answers with the gold)."""
-    prompt = list(
-        tokenizer.apply_chat_template(
-            build_messages(question.text),
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-        )
-    )
-    tokens, mask, turns = list(prompt), [0] * len(prompt), []
-    demo = world.demonstration(question, tool)
-    for k, step in enumerate(demo):
-        start = len(tokens)
-        action = tokenizer.encode(step.action, add_special_tokens=False)
-        tokens += action
-        mask += [1] * len(action)
-        end = len(tokens)
-        if step.observation:
-            body = step.observation.removeprefix(OBSERVATION_OPEN).removesuffix(OBSERVATION_CLOSE)
-            obs = encode_obs(body)
-            tokens += obs
-            mask += [0] * len(obs)
-        is_search = step.action.startswith("<search>")
-        turns.append(
-            {
-                "turn": k,
-                "start": start,
-                "end": end,
-                "obs_start": end,
-                "obs_end": len(tokens),
-                "action": "search" if is_search else "answer",
-                "query": step.action[len("<search>") : -len("</search>")] if is_search else None,
-            }
-        )
-    return {
-        "prompt_id": question.question_id,
-        "trajectory_id": f"demo/{question.question_id}",
-        "sample_index": 0,
-        "policy_version": 0,
-        "data_source": "synthetic",
-        "golds": list(question.golds),
-        "token_ids": tokens,
-        "loss_mask": mask,
-        "prompt_length": len(prompt),
-        "turns": turns,
-        "answer": question.golds[0],
-        "outcome": 1.0,
-        "em": 1.0,
-        "f1": 1.0,
-        "finish_reason": "answer",
-        "sampling": {
-            "temperature": 0.0,
-            "top_p": 1.0,
-            "max_turn_tokens": 0,
-            "seed": 0,
-            "engine": "demonstration",
-        },
-        "rollout_logprobs": None,
-    }
+from a2tgpo.rollout.agent import Episode, ObservationTokens
+from a2tgpo.rollout.trajectories import build_episodes, trajectories_table
+from a2tgpo.training.launcher import train_and_commit
 
 
 def demonstrations_table(config: RunConfig, tokenizer) -> pa.Table:
-    """`warmstart.examples` demonstrations of training questions of the synthetic world."""
+    """`warmstart.examples` demonstrations of training questions of the synthetic world,
+    as TRAJECTORIES rows built by the rollout's own episodes (outcome 1: each answers
+    with the gold)."""
     if config.env.kind != "synthetic":
         raise ValueError("the warm-start demonstrations need env.kind='synthetic'")
-    world = SyntheticWorld(config.env.seed, config.env.num_entities, config.env.max_hops)
+    world = SyntheticWorld.from_config(config.env)
+    questions = world.questions("train", config.warmstart.examples)
+    rows = world.to_prompts("train", config.warmstart.examples)
+    for row in rows:
+        row["meta"] = json.dumps(row["meta"])
+    prompts = pa.Table.from_pylist(rows, schema=PROMPTS)
+    episodes = build_episodes(prompts, tokenizer, group_size=1, seed=0)
     tool = world.search_tool(config.env.topk)
     encode_obs = ObservationTokens(tokenizer, config.rollout.max_observation_tokens)
-    rows = [
-        demonstration_row(world, q, tool, tokenizer, encode_obs)
-        for q in world.questions("train", config.warmstart.examples)
-    ]
-    for i, row in enumerate(rows):  # questions repeat when a split is cycled: keep ids unique
-        row["trajectory_id"] = f"demo/{i}"
-    return pa.Table.from_pylist(rows, schema=TRAJECTORIES)
+    for episode, question in zip(episodes, questions, strict=True):
+        play_demonstration(episode, world.demonstration(question, tool), tokenizer, encode_obs)
+    return trajectories_table(episodes, prompts, config, 0, engine_name="demonstration")
 
 
+def play_demonstration(episode: Episode, demo, tokenizer, encode_obs: ObservationTokens) -> None:
+    """Append an ideal transcript's turns and observations to an episode, as the agent
+    loop appends a policy's (the same turn records, token spans and observation tokens)."""
+    for step in demo:
+        tokens = tokenizer.encode(step.action, add_special_tokens=False)
+        if step.action.startswith("<search>"):
+            query = step.action[len("<search>") : -len("</search>")]
+            episode.add_turn(tokens, step.action, "search", query)
+        else:
+            episode.add_turn(tokens, step.action, "answer", None)
+        if step.observation:
+            body = step.observation.removeprefix(OBSERVATION_OPEN).removesuffix(OBSERVATION_CLOSE)
+            episode.add_observation(encode_obs(body))
+    episode.finish_reason = "answer"
+
+
+@resumable
 def run_warmstart(config: RunConfig, *, init_uri: str, demos_uri: str, out_uri: str) -> Manifest:
     """Commit the demonstrations, then fit them (SFT) starting from the initial model."""
     storage = Storage(config.storage)
-    existing = read_manifest(storage, out_uri)
-    if existing is not None:
-        return existing
     if read_manifest(storage, demos_uri) is None:
         from transformers import AutoTokenizer
 
@@ -127,7 +85,7 @@ def run_warmstart(config: RunConfig, *, init_uri: str, demos_uri: str, out_uri: 
             parents=[init_uri],
             stats={"demonstrations": table.num_rows},
         )
-    return run_train_step(
+    return train_and_commit(
         config,
         advantaged_uri=demos_uri,
         policy_uri=init_uri,

@@ -5,6 +5,7 @@ resumed run reports exactly what the crashed one would have, and each metric
 traces back to its dataset. Names use `/` groups, turn indices as `turn_<k>`:
 
     reward, em, f1, turns_per_trajectory, finish/<reason>, action/<kind>
+    em/<data source>, em/hops_<h>, f1/...   (and eval/<mode>/..., eval_initial/<mode>/...)
     ig/turn_<k>/{mean,std,count}, ig_norm/turn_<k>/{mean,abs_mean}
     adv/turn_<k>/{mean,abs_mean}, eps_low/turn_<k>/{min,mean,max}, eps_high/...
     clip_fraction, clip_fraction/turn_<k>, loss/{first,last}, grad_norm, approx_kl
@@ -35,6 +36,9 @@ def rollout_metrics(stats: dict[str, Any], prefix: str = "") -> dict[str, float]
     for source, m in stats.get("by_source", {}).items():
         out[f"{prefix}em/{source}"] = m["em"]
         out[f"{prefix}f1/{source}"] = m["f1"]
+    for hops, m in stats.get("by_hops", {}).items():
+        out[f"{prefix}em/hops_{hops}"] = m["em"]
+        out[f"{prefix}f1/hops_{hops}"] = m["f1"]
     return out
 
 
@@ -60,58 +64,49 @@ def advantage_metrics(stats: dict[str, Any]) -> dict[str, float]:
 
 
 def train_metrics(stats: dict[str, Any]) -> dict[str, float]:
-    out = {
-        "loss/first": stats["loss_first"],
-        "loss/last": stats["loss_last"],
-        "grad_norm": stats["grad_norm_mean"],
-        "clip_fraction": stats.get("clip_fraction", 0.0),
-        "clip_fraction/low": stats.get("clip_fraction_low", 0.0),
-        "clip_fraction/high": stats.get("clip_fraction_high", 0.0),
-        "clip_fraction/dual": stats.get("dual_clip_fraction", 0.0),
-        "approx_kl": stats.get("approx_kl", 0.0),
-        "throughput/train_tokens_per_s": stats.get("tokens_per_s", 0.0),
-        "train/skipped_too_long": float(stats.get("skipped_too_long", 0)),
-    }
-    for k, frac in stats.get("clip_fraction_by_turn", {}).items():
-        out[f"clip_fraction/turn_{k}"] = frac
-    for key, value in stats.get(
-        "mismatch", {}
-    ).items():  # "turn3_abs_diff" -> mismatch/turn_3/abs_diff
-        turn, _, name = key.partition("_")
-        out[f"mismatch/turn_{turn.removeprefix('turn')}/{name}"] = value
-    return out
+    """The train step's metrics, named by the worker that measured them."""
+    return dict(stats.get("metrics", {}))
+
+
+# Which metrics each stage's manifest gives, by the stage names of `a2tgpo.stages`.
+STAGE_METRICS = {
+    "rollout": rollout_metrics,
+    "score-ig": ig_metrics,
+    "advantages": advantage_metrics,
+    "train-step": train_metrics,
+}
+
+
+def stage_time_metric(stage: str) -> str:
+    """`time/<stage>_s`, with the stage's name as a metric word (score-ig -> score_ig)."""
+    return f"time/{stage.replace('-', '_')}_s"
 
 
 def iteration_metrics(
     manifests: dict[str, Manifest], seconds: dict[str, float]
 ) -> dict[str, float]:
-    """All metrics of one iteration from its stage manifests and stage wall times."""
+    """All metrics of one iteration from its stages' manifests and wall times (by stage)."""
     out: dict[str, float] = {}
-    if "trajectories" in manifests:
-        out |= rollout_metrics(manifests["trajectories"].stats)
-    if "scored" in manifests:
-        out |= ig_metrics(manifests["scored"].stats)
-    if "advantaged" in manifests:
-        out |= advantage_metrics(manifests["advantaged"].stats)
-    if "checkpoint" in manifests:
-        out |= train_metrics(manifests["checkpoint"].stats)
+    for stage, metrics in STAGE_METRICS.items():
+        if stage in manifests:
+            out |= metrics(manifests[stage].stats)
     for stage, s in seconds.items():
-        out[f"time/{stage}_s"] = s
-    if seconds.get("rollout") and "trajectories" in manifests:
-        tokens = manifests["trajectories"].stats["generated_tokens"]
+        out[stage_time_metric(stage)] = s
+    if seconds.get("rollout") and "rollout" in manifests:
+        tokens = manifests["rollout"].stats["generated_tokens"]
         out["throughput/rollout_tokens_per_s"] = tokens / seconds["rollout"]
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
+def _stats(manifests: dict[str, Manifest], stage: str, key: str) -> dict:
+    return manifests[stage].stats.get(key, {}) if stage in manifests else {}
+
+
 def per_turn_table(manifests: dict[str, Manifest]) -> list[dict[str, Any]]:
     """One row per turn index: IG, normalized IG, advantage, clip range, clip fraction."""
-    ig = manifests["scored"].stats.get("ig_by_turn", {}) if "scored" in manifests else {}
-    adv = manifests["advantaged"].stats.get("by_turn", {}) if "advantaged" in manifests else {}
-    clip = (
-        manifests["checkpoint"].stats.get("clip_fraction_by_turn", {})
-        if "checkpoint" in manifests
-        else {}
-    )
+    ig = _stats(manifests, "score-ig", "ig_by_turn")
+    adv = _stats(manifests, "advantages", "by_turn")
+    clip = _stats(manifests, "train-step", "clip_fraction_by_turn")
     rows = []
     for k in sorted(set(ig) | set(adv), key=int):
         a = adv.get(k, {})

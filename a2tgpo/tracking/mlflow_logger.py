@@ -43,6 +43,26 @@ class RunTracker:
     """An MLflow run written through the client API (safe from Prefect's task threads)."""
 
     def __init__(self, config: RunConfig, *, flow_run_id: str | None = None, run_name: str = ""):
+        self._open_experiment(config)
+        tags = {
+            "a2tgpo.run_id": config.run_id,
+            "a2tgpo.preset": config.preset,
+            "a2tgpo.estimator": config.estimator.name,
+        }
+        if flow_run_id:
+            tags["prefect.flow_run_id"] = flow_run_id
+        if config.tracking.parent_run_id:  # the MLflow UI nests the run under its sweep
+            tags["mlflow.parentRunId"] = config.tracking.parent_run_id
+        if config.tracking.sweep_id:
+            tags["a2tgpo.sweep_id"] = config.tracking.sweep_id
+            tags["a2tgpo.role"] = "member"
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name or f"{config.preset}-{config.run_id}", tags=tags
+        )
+        self.run_id = run.info.run_id
+        self.log_params(run_params(config))
+
+    def _open_experiment(self, config: RunConfig) -> None:
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri(config)
@@ -54,18 +74,6 @@ class RunTracker:
             if experiment
             else self.client.create_experiment(name, artifact_location=artifact_root(config))
         )
-        tags = {
-            "a2tgpo.run_id": config.run_id,
-            "a2tgpo.preset": config.preset,
-            "a2tgpo.estimator": config.estimator.name,
-        }
-        if flow_run_id:
-            tags["prefect.flow_run_id"] = flow_run_id
-        run = self.client.create_run(
-            self.experiment_id, run_name=run_name or f"{config.preset}-{config.run_id}", tags=tags
-        )
-        self.run_id = run.info.run_id
-        self.log_params(flatten(config))
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -91,7 +99,11 @@ class RunTracker:
     def log_dict(self, data: dict, path: str) -> None:
         self.client.log_dict(self.run_id, data, path)
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
+        """End the run; a failure's first line is kept as the tag `a2tgpo.error`."""
+        if error is not None:
+            first = (str(error).strip().splitlines() or [""])[0][:500]
+            self.set_tag("a2tgpo.error", f"{type(error).__name__}: {first}")
         self.client.set_terminated(self.run_id, status=status)
 
     def url(self) -> str:
@@ -99,6 +111,33 @@ class RunTracker:
         if self.uri.startswith("http"):
             return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
         return f"mlflow ui --backend-store-uri {self.uri}  (experiment {self.experiment_id}, run {self.run_id})"
+
+
+def run_params(config: RunConfig) -> dict[str, Any]:
+    """The flattened config as params, with the estimator's switches resolved (a `None`
+    default shows as the value the estimator actually used, so "show diff only" in the
+    MLflow UI tells which A²TGPO components were on)."""
+    resolved = {f"estimator.{k}": v for k, v in config.estimator.settings().as_dict().items()}
+    return flatten(config) | resolved
+
+
+class SweepTracker(RunTracker):
+    """The parent MLflow run of a sweep (its members' runs are nested under it), in the
+    members' experiment; reopened, not duplicated, when the sweep is rerun."""
+
+    def __init__(self, config: RunConfig, sweep_id: str, params: dict[str, Any], run_id: str = ""):
+        self._open_experiment(config)
+        if run_id:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return
+        tags = {"a2tgpo.sweep_id": sweep_id, "a2tgpo.role": "sweep"}
+        run = self.client.create_run(self.experiment_id, run_name=f"sweep-{sweep_id}", tags=tags)
+        self.run_id = run.info.run_id
+        self.log_params(params)
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.run_id, text, path)
 
 
 def _param_value(value: Any) -> str:

@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from a2tgpo.batching import token_budget_batches
+
 
 @dataclass
 class Sample:
@@ -92,16 +94,9 @@ def pack(samples: list[Sample], budget: int) -> tuple[list[MicroBatch], list[Sam
     rows of similar length cost the sum of their own squares.
     """
     too_long = [s for s in samples if len(s.tokens) > budget]
-    fitting = sorted((s for s in samples if len(s.tokens) <= budget), key=lambda s: len(s.tokens))
-    batches, current = [], []
-    for s in fitting:
-        if current and len(s.tokens) * (len(current) + 1) > budget:
-            batches.append(make_micro_batch(current))
-            current = []
-        current.append(s)
-    if current:
-        batches.append(make_micro_batch(current))
-    return batches, too_long
+    fitting = [s for s in samples if len(s.tokens) <= budget]
+    groups = token_budget_batches([len(s.tokens) for s in fitting], budget)
+    return [make_micro_batch([fitting[i] for i in g]) for g in groups], too_long
 
 
 def make_micro_batch(samples: list[Sample]) -> MicroBatch:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from a2tgpo.config import TrainConfig
+from a2tgpo.engines.base import torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,8 @@ def init_distributed() -> tuple[int, int]:
 
 
 def train_dtype(config_dtype: str) -> torch.dtype:
-    if config_dtype == "auto":
-        return torch.bfloat16 if on_gpu() else torch.float32
-    return getattr(torch, config_dtype)
+    """ModelConfig.dtype for the trainer: 'auto' follows where training runs (on_gpu)."""
+    return torch_dtype(config_dtype, on_gpu=on_gpu())
 
 
 def deepspeed_config(train: TrainConfig, dtype: torch.dtype) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The train-step stage: launch the DeepSpeed workers in subprocesses, then commit.
+"""Launch the DeepSpeed workers in subprocesses, then commit (the train-step and
+warm-start stages, `a2tgpo.stages`, both train through `train_and_commit`).
 
 Runs the worker (`a2tgpo.training.worker`) as child processes so that a Prefect task
 or a Kubernetes pod can run it and all accelerator memory is freed when it ends:
@@ -25,11 +26,11 @@ import threading
 from pathlib import Path
 
 from a2tgpo.config import RunConfig
+from a2tgpo.data.checkpoints import checkpoint_parts, local_checkpoint, local_policy
 from a2tgpo.data.directories import commit_directory
 from a2tgpo.data.manifest import Manifest
 from a2tgpo.data.stage import read_manifest
 from a2tgpo.data.storage import Storage
-from a2tgpo.training.checkpoints import checkpoint_parts, local_checkpoint, local_policy
 from a2tgpo.training.worker import TrainJob
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def _tee(pipe, log_file) -> None:
         sys.stderr.write(line.decode(errors="replace"))
 
 
-def run_train_step(
+def train_and_commit(
     config: RunConfig,
     *,
     advantaged_uri: str,
@@ -124,9 +125,6 @@ def run_train_step(
     mode="sft" fits a trajectories dataset by likelihood instead (the warm-start).
     """
     storage = Storage(config.storage)
-    existing = read_manifest(storage, out_uri)
-    if existing is not None:
-        return existing
     read_manifest_or_fail(storage, advantaged_uri)
     policy_hf, state = checkpoint_parts(local_checkpoint(storage, policy_uri))
     reference = None

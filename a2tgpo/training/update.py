@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from a2tgpo.algo import aggregate, low_var_kl, policy_loss
+from a2tgpo.algo import aggregate, entropy_from_log_probs, low_var_kl, policy_loss
 from a2tgpo.config import TrainConfig
 from a2tgpo.training.batching import MicroBatch, shard_for_rank, split_mini_batches
 
@@ -52,7 +52,7 @@ def token_logprobs(model, mb: MicroBatch, *, with_entropy: bool = False):
     result = torch.zeros(mask.shape, device=device, dtype=picked.dtype).index_put(index, picked)
     entropy = None
     if with_entropy:
-        ent = -(log_probs.exp() * log_probs).sum(-1)
+        ent = entropy_from_log_probs(log_probs)
         entropy = torch.zeros(mask.shape, device=device, dtype=ent.dtype).index_put(index, ent)
     return result, entropy
 

@@ -135,10 +135,30 @@ def mismatch_stats(owned, old: dict[int, torch.Tensor]) -> dict[str, float]:
                 acc[1] += float(d.sum())
                 acc[2] += d.size
     return {
-        f"turn{k}_{name}": value / max(n, 1)
+        f"mismatch/turn_{k}/{name}": value / max(n, 1)
         for k, (a, b, n) in sums.items()
         for name, value in (("abs_diff", a), ("diff", b))
     }
+
+
+def mlflow_metrics(summary: dict) -> dict[str, float]:
+    """The step's statistics under the names MLflow shows (the tracker logs them as is)."""
+    metrics = {
+        "loss/first": summary["loss_first"],
+        "loss/last": summary["loss_last"],
+        "grad_norm": summary["grad_norm_mean"],
+        "clip_fraction": summary.get("clip_fraction", 0.0),
+        "clip_fraction/low": summary.get("clip_fraction_low", 0.0),
+        "clip_fraction/high": summary.get("clip_fraction_high", 0.0),
+        "clip_fraction/dual": summary.get("dual_clip_fraction", 0.0),
+        "approx_kl": summary.get("approx_kl", 0.0),
+        "throughput/train_tokens_per_s": summary["tokens_per_s"],
+        "train/skipped_too_long": float(summary.get("skipped_too_long", 0)),
+        **summary["mismatch"],
+    }
+    for k, fraction in summary.get("clip_fraction_by_turn", {}).items():
+        metrics[f"clip_fraction/turn_{k}"] = fraction
+    return metrics
 
 
 def run(job: TrainJob) -> dict:
@@ -176,6 +196,7 @@ def run(job: TrainJob) -> dict:
         "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0,
         "wall_seconds": time.perf_counter() - start,
     }
+    summary["metrics"] = mlflow_metrics(summary)
     if rank == 0:
         if not all(math.isfinite(x) for x in stats.losses):
             raise FloatingPointError(f"non-finite loss during the update: {stats.losses}")

@@ -4,6 +4,8 @@ vectorized estimator against a loop-by-loop transcription of the spec."""
 from __future__ import annotations
 
 import math
+from dataclasses import fields
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -11,8 +13,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from a2tgpo.algo import turn_advantage_details, turn_advantages
+from a2tgpo.algo import (
+    ESTIMATORS,
+    EstimatorDefaults,
+    EstimatorSettings,
+    register_estimator,
+    turn_advantage_details,
+    turn_advantages,
+)
 from a2tgpo.algo.segments import discounted_suffix_sum
+from a2tgpo.config import EstimatorConfig
 from tests.algo.reference import reference_advantages
 
 NAN = float("nan")
@@ -146,6 +156,67 @@ def test_bad_arguments():
         turn_advantages(*r.values(), gamma=1.5)
     with pytest.raises(ValueError, match="clip_beta"):
         turn_advantages(*r.values(), clip_beta=1.0)
+
+
+def test_settings_resolve_every_switch_from_the_table():
+    assert EstimatorSettings.of().as_dict() == {
+        "name": "a2tgpo",
+        "gamma": 1.0,
+        "clip_eps_low": 0.2,
+        "clip_eps_high": 0.2,
+        "clip_beta": 0.3,
+        "turn_group_norm": True,
+        "variance_rescale": True,
+        "adaptive_clip": True,
+        "clip_magnitude": False,
+        "ig_coef": 0.3,
+    }
+    igpo = EstimatorSettings.of("igpo", ig_coef=None, gamma=0.9)  # None keeps the default
+    assert (igpo.ig_coef, igpo.gamma, igpo.turn_group_norm, igpo.uses_ig) == (1.0, 0.9, False, True)
+    assert not EstimatorSettings.of("grpo").uses_ig
+    with pytest.raises(TypeError, match="gama"):
+        EstimatorSettings.of("a2tgpo", gama=0.9)
+    with pytest.raises(ValueError, match="unresolved"):
+        EstimatorSettings(name="grpo", turn_group_norm=None, variance_rescale=False,
+                          adaptive_clip=False, ig_coef=0.0)  # fmt: skip
+
+
+def test_the_config_section_is_the_settings():
+    # One spelling of each setting: the config section has exactly the settings' fields
+    # and offers exactly the registered estimators.
+    assert set(EstimatorConfig.model_fields) == {f.name for f in fields(EstimatorSettings)}
+    assert set(get_args(EstimatorConfig.model_fields["name"].annotation)) == set(ESTIMATORS)
+    assert EstimatorConfig().settings() == EstimatorSettings.of()
+    ablation = EstimatorConfig(name="a2tgpo", adaptive_clip=False).settings()
+    assert ablation.as_dict()["adaptive_clip"] is False
+    assert ablation.as_dict()["variance_rescale"] is True  # logged resolved, never None
+
+
+def test_settings_and_keywords_give_the_same_result():
+    r = worked_example_rows()
+    by_keywords = turn_advantages(*r.values(), estimator="igpo", gamma=0.5)
+    by_settings = turn_advantages(*r.values(), EstimatorSettings.of("igpo", gamma=0.5))
+    for a, b in zip(by_keywords, by_settings, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="not both"):
+        turn_advantages(*r.values(), EstimatorSettings.of(), gamma=0.5)
+
+
+def test_a_registered_variant_is_one_entry():
+    r = worked_example_rows()
+    defaults = EstimatorDefaults(
+        uses_ig=True, turn_group_norm=False, variance_rescale=True, adaptive_clip=False, ig_coef=1.0
+    )
+    register_estimator("igpo-rescaled", defaults)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_estimator("igpo-rescaled", defaults)
+        variant = turn_advantages(*r.values(), estimator="igpo-rescaled")
+        igpo = turn_advantages(*r.values(), estimator="igpo", variance_rescale=True)
+        for a, b in zip(variant, igpo, strict=True):
+            assert torch.equal(a, b)
+    finally:
+        del ESTIMATORS["igpo-rescaled"]
 
 
 def test_a_trajectory_may_start_after_turn_zero():

@@ -14,6 +14,7 @@ from a2tgpo.data.loaders import LoaderError, load_flashrag, load_prompts, load_v
 from a2tgpo.data.schemas import PROMPTS
 from a2tgpo.data.stage import read_stage, write_stage
 from a2tgpo.data.storage import Storage
+from a2tgpo.envs.rewards import split_golds
 
 # The benchmark files lie beside the checkout (../shared), not in it: the project may not
 # redistribute them. A checkout without them skips these two tests; the first candidate
@@ -141,6 +142,16 @@ def test_flashrag_parquet_and_wrong_types(tmp_path):
     )
     with pytest.raises(LoaderError, match="row 0: gold answers must be strings"):
         load_flashrag(str(tmp_path / "typed.jsonl"))
+
+
+def test_golds_split_as_the_reward_splits_them(tmp_path):
+    golds = [" Paris ", "", "Paris, France<|answer_split|>City of Light"]
+    (tmp_path / "golds.jsonl").write_text(
+        json.dumps({"id": "g", "question": "Q?", "golden_answers": golds})
+    )
+    table = load_flashrag(str(tmp_path / "golds.jsonl"))
+    assert table["golds"].to_pylist() == [split_golds(golds)]
+    assert split_golds(golds) == ["Paris", "Paris, France", "City of Light"]
 
 
 def test_duplicate_ids_are_bad_rows(tmp_path):

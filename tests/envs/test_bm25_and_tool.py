@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def test_cache_key_depends_on_corpus_and_params(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["no_marker", "truncated_array", "garbage_marker"])
-def test_corrupt_cache_is_rebuilt(tmp_path: Path, damage: str) -> None:
+def test_corrupt_cache_is_rebuilt(tmp_path: Path, damage: str, caplog) -> None:
     first = BM25Retriever(CORPUS, cache_dir=tmp_path)
     path = first.cache_path
     if damage == "no_marker":  # what an interrupted writer without the rename would leave
@@ -82,11 +83,37 @@ def test_corrupt_cache_is_rebuilt(tmp_path: Path, damage: str) -> None:
         (path / "data.csc.index.npy").write_bytes(b"\x93NUMPY")
     else:
         (path / "a2tgpo-bm25.json").write_text("{not json")
-    again = BM25Retriever(CORPUS, cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="a2tgpo.envs.bm25"):
+        again = BM25Retriever(CORPUS, cache_dir=tmp_path)
+    assert f"bm25 index cache {path} cannot be read" in caplog.text
     assert not again.loaded_from_cache
     assert again.search(["Teslin"], 1) == first.search(["Teslin"], 1)
     assert json.loads((path / "a2tgpo-bm25.json").read_text())["key"] == first.key
     assert BM25Retriever(CORPUS, cache_dir=tmp_path).loaded_from_cache  # repaired
+
+
+def test_an_unwritable_cache_warns_and_still_serves(tmp_path: Path, caplog) -> None:
+    blocker = tmp_path / "a-file"  # a cache dir under a regular file: unwritable, even as root
+    blocker.write_text("")
+    with caplog.at_level(logging.WARNING, logger="a2tgpo.envs.bm25"):
+        r = BM25Retriever(CORPUS, cache_dir=blocker / "cache")
+    assert "cannot write the bm25 index cache" in caplog.text
+    assert not r.loaded_from_cache
+    assert [h.title for h in r.search(["Teslin"], 1)[0]] == ["Teslin"]
+    assert blocker.read_text() == "" and list(tmp_path.iterdir()) == [blocker]
+
+
+def test_a_bug_while_loading_the_cache_is_not_swallowed(tmp_path: Path, monkeypatch) -> None:
+    import bm25s
+
+    BM25Retriever(CORPUS, cache_dir=tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug in load")
+
+    monkeypatch.setattr(bm25s.BM25, "load", broken)
+    with pytest.raises(RuntimeError, match="bug in load"):
+        BM25Retriever(CORPUS, cache_dir=tmp_path)
 
 
 def test_format_passages_is_search_r1_style() -> None:

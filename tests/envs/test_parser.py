@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from a2tgpo.envs import parser
 from a2tgpo.envs.parser import Action, extract_answer, parse_action
 
 
@@ -157,3 +158,16 @@ def test_adversarial_inputs_are_fast(text: str) -> None:
     parse_action(text)
     extract_answer(text)
     assert time.perf_counter() - start < 2.0
+
+
+def test_a_bug_in_the_parser_crashes_instead_of_scoring_a_format_penalty(monkeypatch) -> None:
+    # Valid input never raises (above); an exception can only be a bug, and a bug must
+    # surface, not pass as a malformed turn or a missing answer.
+    def broken(text: str) -> list:
+        raise RuntimeError("bug in tag scanning")
+
+    monkeypatch.setattr(parser, "_events", broken)
+    with pytest.raises(RuntimeError, match="bug in tag scanning"):
+        extract_answer("<answer>Teslin</answer>")
+    with pytest.raises(RuntimeError, match="bug in tag scanning"):
+        parse_action("<search>q</search>")

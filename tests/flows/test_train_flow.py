@@ -14,10 +14,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM
 
+from a2tgpo.data.checkpoints import local_policy
 from a2tgpo.data.stage import read_manifest, read_stage
-from a2tgpo.pipeline import RunLayout
+from a2tgpo.layout import RunLayout
 from a2tgpo.tracking.mlflow_logger import experiment_name
-from a2tgpo.training.checkpoints import local_policy
 from flows.train import train_flow
 
 pytestmark = pytest.mark.slow

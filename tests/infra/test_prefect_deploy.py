@@ -121,7 +121,11 @@ def test_prefect_deploy_all(prefect_server):
             for d in api.post("/deployments/filter", json={}).raise_for_status().json()
         }
 
-    flow_names = {"train_flow": "a2tgpo-train", "evaluate_flow": "a2tgpo-evaluate"}
+    flow_names = {
+        "train_flow": "a2tgpo-train",
+        "evaluate_flow": "a2tgpo-evaluate",
+        "sweep_flow": "a2tgpo-sweep",
+    }
     expected = deployments()
     assert len(stored) == len(expected)
     for spec in expected:

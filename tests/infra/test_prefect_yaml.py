@@ -31,7 +31,11 @@ DEPLOYMENTS = deployments()
 FLOW_NAMES = {
     "flows/train.py:train_flow": "a2tgpo-train",
     "flows/evaluate.py:evaluate_flow": "a2tgpo-evaluate",
+    "flows/sweep.py:sweep_flow": "a2tgpo-sweep",
 }
+SWEEP = "flows/sweep.py:sweep_flow"
+RUN_DEPLOYMENTS = [d for d in DEPLOYMENTS if d["entrypoint"] != SWEEP]
+SWEEP_DEPLOYMENTS = [d for d in DEPLOYMENTS if d["entrypoint"] == SWEEP]
 IMAGE_WORKDIR = "/opt/a2tgpo"
 
 
@@ -58,7 +62,8 @@ def test_deployment_fields(deployment):
     assert deployment["description"].strip()
     assert "a2tgpo" in deployment["tags"]
     assert deployment["entrypoint"] in FLOW_NAMES
-    assert {"preset", "overrides"} <= deployment["parameters"].keys()
+    wanted = {"presets", "seeds"} if deployment["entrypoint"] == SWEEP else {"preset"}
+    assert wanted | {"overrides"} <= deployment["parameters"].keys()
 
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=deployment_id)
@@ -76,7 +81,22 @@ def test_parameters_bind_to_the_flow(deployment, flows):
     flow.validate_parameters(parameters)  # pydantic over the signature, as a run does
 
 
-@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=deployment_id)
+@pytest.mark.parametrize("deployment", SWEEP_DEPLOYMENTS, ids=deployment_id)
+def test_sweep_members_resolve_and_dispatch_to_a_deployment(deployment):
+    from a2tgpo.sweep import SweepSpec, plan_members
+
+    p = deployment["parameters"]
+    members = plan_members(SweepSpec(p["sweep_id"], p["presets"], p["seeds"], p["overrides"]))
+    assert len(members) == len(p["presets"]) * len(p["seeds"])
+    target = p.get("work_pool_deployment", "")
+    if target:  # members go to a deployment of the training flow that this file defines
+        flow, name = target.split("/")
+        assert any(
+            FLOW_NAMES[d["entrypoint"]] == flow and d["name"] == name for d in RUN_DEPLOYMENTS
+        ), target
+
+
+@pytest.mark.parametrize("deployment", RUN_DEPLOYMENTS, ids=deployment_id)
 def test_preset_and_overrides_resolve_to_a_config(deployment, flows):
     from a2tgpo.presets import PRESETS, resolve_config
 
@@ -91,7 +111,9 @@ def test_preset_and_overrides_resolve_to_a_config(deployment, flows):
 
 
 @pytest.mark.parametrize(
-    "deployment", [d for d in DEPLOYMENTS if d["work_pool"]["name"] == K8S_POOL], ids=deployment_id
+    "deployment",
+    [d for d in RUN_DEPLOYMENTS if d["work_pool"]["name"] == K8S_POOL],
+    ids=deployment_id,
 )
 def test_cluster_deployment_fits_its_pod(deployment, k8s_objects):
     overrides = deployment["parameters"]["overrides"]

@@ -18,7 +18,8 @@ from a2tgpo.data.storage import Storage
 from a2tgpo.scoring.naive import NaiveScorer
 from a2tgpo.scoring.packed import PackedScorer
 from a2tgpo.scoring.probes import probe_tokens
-from a2tgpo.scoring.stage import ig_stats, run_score_ig, score_trajectories
+from a2tgpo.scoring.trajectories import ig_stats, score_trajectories
+from a2tgpo.stages.score_ig import run_score_ig
 from tests.scoring.trajectories import ANSWER_PREFIX, trajectories_table
 
 F = {"prob_diff": math.exp, "log_prob_diff": lambda x: x}

@@ -15,10 +15,12 @@ import pytest
 from a2tgpo.config import IGConfig, RunConfig, StorageConfig
 from a2tgpo.data.stage import read_stage, write_stage
 from a2tgpo.data.storage import Storage
+from a2tgpo.rollout.session import EngineSession
 from a2tgpo.scoring.naive import NaiveScorer
 from a2tgpo.scoring.packed import PackedScorer
-from a2tgpo.scoring.stage import run_score_ig, score_trajectories
+from a2tgpo.scoring.trajectories import score_trajectories
 from a2tgpo.scoring.vllm_scorer import VLLMScorer
+from a2tgpo.stages.score_ig import run_score_ig
 from tests.scoring.trajectories import edge_probe_sets, random_probe_sets, trajectories_table
 
 pytestmark = pytest.mark.slow  # the session's vLLM engine
@@ -125,7 +127,7 @@ def test_score_ig_stage_with_the_vllm_scorer(
         trajectories_uri=source,
         policy_uri=str(tiny_model_dir),
         out_uri=out,
-        engine=vllm_engine,
+        session=EngineSession.around(config, vllm_engine),
     )
     assert manifest.stats["scorer"] == "vllm"
     want = score_trajectories(table, PackedScorer(hf_model), tokenizer, config.ig)

@@ -11,12 +11,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from a2tgpo.config import RunConfig
+from a2tgpo.data.checkpoints import local_policy
 from a2tgpo.data.directories import commit_directory, materialize
 from a2tgpo.data.fakes import fake_trajectories
 from a2tgpo.data.stage import read_stage, write_stage
 from a2tgpo.data.storage import Storage
-from a2tgpo.training.checkpoints import local_policy
-from a2tgpo.training.launcher import run_train_step
+from a2tgpo.stages.train_step import run_train_step
 
 pytestmark = pytest.mark.slow
 
