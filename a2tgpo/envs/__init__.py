@@ -4,7 +4,7 @@
     rewards.py          SQuAD-normalized EM / token F1, score_response with a format penalty
     retrievers.py       Passage, the Retriever protocol, HttpRetriever (Search-R1 server)
     bm25.py             BM25Retriever (bm25s) with an on-disk index cache
-    tools.py            SearchTool (Search-R1 observation format; never raises), make_search_tool
+    tools.py            SearchTool (Search-R1 observation format; never raises); search.py: make_search_tool
     prompting.py        SYSTEM_PROMPT, build_messages, wrap_observation
     synthetic_world.py  entities, facts and passages of a seeded synthetic world
     synthetic.py        SyntheticWorld: question splits, demonstrations, prompt rows

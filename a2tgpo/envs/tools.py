@@ -15,16 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from a2tgpo.config import EnvConfig
 from a2tgpo.envs.parser import DEFAULT_MAX_QUERY_CHARS
 from a2tgpo.envs.retrievers import (
-    HttpRetriever,
     Passage,
     Retriever,
     RetrieverError,
-    load_passages_jsonl,
 )
 
 EMPTY_QUERY_TEXT = "Empty search query."
@@ -108,33 +104,3 @@ class SearchTool:
 
     def _failure(self, reason: str) -> Observation:
         return Observation(f"search failed: {reason}", (), True)
-
-
-def make_search_tool(
-    env: EnvConfig, cache_dir: str | Path | None = None, corpus: Sequence[Passage] | None = None
-) -> SearchTool:
-    """The search tool an EnvConfig describes.
-
-    synthetic: BM25 over the corpus of `SyntheticWorld.from_config(env)` (world,
-    seed, size, hops); search_qa + bm25: BM25 over `corpus` (or `env.corpus` jsonl);
-    http: a Search-R1 server at `env.retriever_url`.
-    """
-    from a2tgpo.envs.bm25 import BM25Retriever  # bm25s loads only when needed
-
-    retriever: Retriever
-    if env.kind == "synthetic":
-        from a2tgpo.envs.synthetic import SyntheticWorld
-
-        world = SyntheticWorld.from_config(env)
-        retriever = BM25Retriever(world.corpus, cache_dir=cache_dir)
-    elif env.retriever == "http":
-        if not env.retriever_url:
-            raise ValueError("env.retriever='http' needs env.retriever_url")
-        retriever = HttpRetriever(env.retriever_url, env.retriever_timeout_s, env.retriever_retries)
-    else:
-        if corpus is None:
-            if not env.corpus:
-                raise ValueError("env.retriever='bm25' on search_qa needs env.corpus (a jsonl)")
-            corpus = load_passages_jsonl(env.corpus)
-        retriever = BM25Retriever(corpus, cache_dir=cache_dir)
-    return SearchTool(retriever, topk=env.topk)

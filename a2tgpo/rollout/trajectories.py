@@ -30,7 +30,8 @@ from a2tgpo.data.stage import read_stage, write_stage
 from a2tgpo.data.storage import Storage
 from a2tgpo.engines.base import Engine
 from a2tgpo.envs.rewards import score_response
-from a2tgpo.envs.tools import SearchTool, make_search_tool
+from a2tgpo.envs.search import make_search_tool
+from a2tgpo.envs.tools import SearchTool
 from a2tgpo.rollout.agent import AgentLoop, Episode
 from a2tgpo.rollout.session import EngineSession
 from a2tgpo.seeds import derive_seed

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from a2tgpo.config import EnvConfig
 from a2tgpo.envs.bm25 import BM25Retriever, tokenize
 from a2tgpo.envs.retrievers import Passage, RetrieverError, load_passages_jsonl
-from a2tgpo.envs.tools import NO_RESULTS_TEXT, SearchTool, format_passages, make_search_tool
+from a2tgpo.envs.search import make_search_tool
+from a2tgpo.envs.tools import NO_RESULTS_TEXT, SearchTool, format_passages
 
 CORPUS = [
     Passage("Vorn Kadel was born in Teslin.", title="Vorn Kadel"),
