@@ -183,7 +183,7 @@ def report(spec: SweepSpec, tracker: SweepTracker, records: SweepRecords, baseli
     """The comparison table as a Prefect artifact, MLflow artifacts and sweep files."""
     members = collect(tracker.client, sweep_id=spec.sweep_id)
     members += _never_tracked(spec, records, {m.run_id for m in members})
-    rows = summarize(members, baseline)
+    rows = summarize(members, baseline, order=spec.presets)
     table = markdown_table(rows, baseline)
     header = f"# Sweep `{spec.sweep_id}`\n\npresets {spec.presets}, seeds {spec.seeds}, "
     header += f"--set {spec.overrides}\n\nMean ± 95% Student-t half-width over seeds (n given); "

@@ -97,9 +97,16 @@ def _member(client, run) -> MemberResult:
     )
 
 
-def summarize(members: list[MemberResult], baseline: str = "") -> list[dict[str, Any]]:
-    """One row per preset (in first-seen order); numbers over its finished members."""
-    presets = list(dict.fromkeys(m.preset for m in members))
+def summarize(
+    members: list[MemberResult], baseline: str = "", order: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per preset (in `order`, else the baseline first and then by name); the
+    numbers are over its finished members."""
+    presets = sorted({m.preset for m in members})
+    if order:
+        presets = [p for p in order if p in presets] + [p for p in presets if p not in order]
+    elif (first := _baseline(presets, baseline)) in presets:
+        presets = [first] + [p for p in presets if p != first]
     ok = defaultdict(dict)  # preset -> seed -> member
     for m in members:
         if m.status == "FINISHED":
@@ -165,7 +172,8 @@ def markdown_table(rows: list[dict[str, Any]], baseline: str = "") -> str:
     lines += ["", *_hops_table(rows)]
     failures = [f"- {r['preset']} {f}" for r in rows for f in r["failed"]]
     if failures:
-        lines += ["", "Failed members (left out of every number above):", *failures]
+        lines += ["", "Members that failed or have not finished (left out of every number above):"]
+        lines += failures
     return "\n".join(lines) + "\n"
 
 

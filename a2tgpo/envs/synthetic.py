@@ -7,13 +7,34 @@ about: copied from the question for the first hop, from the last observation
 afterwards. Entities, facts and passages: `synthetic_world.py`.
 
 Every question (start entity + relation path, all entities on the path
-distinct) is enumerated; per hop count, a seeded shuffle sends 20% to `eval`
-and the rest to `train`, so the splits are disjoint and fixed by the seed.
-`questions(split, n)` interleaves hop counts round-robin and cycles through
-the split when n exceeds it (question ids stay unique; `key` repeats).
+distinct) is enumerated; per hop count, a seeded shuffle sends `eval_fraction`
+(20%) to `eval` and the rest to `train`, so the splits are disjoint and fixed by
+the seed. `questions(split, n)` interleaves hop counts round-robin and cycles
+through the split when n exceeds it (question ids stay unique; `key` repeats).
+
+World kinds (`EnvConfig.world`; the easy one is the default and never changes):
+
+- easy: `synthetic_world.World`, every name word unique to its entity.
+- hard: `synthetic_hard.HardWorld`, namesakes (knob `name_sharing`: entities per
+  shared name word, default 2): a partial query returns a namesake's passages,
+  only the full name retrieves the right ones. Eval holds out whole START
+  entities (`eval_fraction` of the questions, seeded), so training never asks
+  about them (they still appear inside training chains and observations).
+  Questions end on the name ("What is the country of the birthplace of Vorn
+  Kadel?", "Who is the founder of Brimex Labs?"): with the name at a fixed place
+  the tiny model learns to copy it (with the easy phrasing it kept recalling a
+  namesake's first name from memory instead, EM 0 on held-out entities).
+
+Difficulty mix of the `hard` presets (seed 0, 160 people, max_hops 4,
+eval_fraction 0.16; 347 entities, 520 passages, BM25 top-3):
+
+    hops        1     2     3     4   total
+    train     494   576   623   617    2310   (from 285 start entities)
+    eval       93   115   119   123     450   (from 62 other start entities)
 
 Usage:
     world = SyntheticWorld(seed=0, num_entities=60, max_hops=2)
+    hard = SyntheticWorld.from_config(preset("hard").env)   # a2tgpo.presets.preset
     tool = SearchTool(BM25Retriever(world.corpus), topk=3)
     q = world.questions("train", 1)[0]; turns = world.demonstration(q, tool)
 """
@@ -78,6 +99,15 @@ def question_text(entity: str, relations: tuple[str, ...]) -> str:
     return RELATIONS[relations[-1]][1].format(x=x)
 
 
+def name_last_question(entity: str, relations: tuple[str, ...]) -> str:
+    """The hard world's form: one noun phrase, the entity's name last ("What is the
+    country of the birthplace of Vorn Kadel?"), so the name always sits before the "?"."""
+    x = entity
+    for rel in relations:
+        x = RELATIONS[rel][0].format(x=x)
+    return f"{'Who' if relations[-1] in ('spouse', 'founded_by') else 'What'} is {x}?"
+
+
 class SyntheticWorld:
     """The world, its question splits, and ideal transcripts for supervised warm-start."""
 
@@ -107,6 +137,7 @@ class SyntheticWorld:
         self._splits = self._split(chains) if world == "easy" else self._split_by_start(chains)
         self._tool: SearchTool | None = None
         self._id_prefix = "syn" if world == "easy" else "syn-hard"
+        self._phrase = question_text if world == "easy" else name_last_question
 
     @classmethod
     def from_config(cls, env: Any) -> SyntheticWorld:
@@ -212,7 +243,7 @@ class SyntheticWorld:
             out.append(
                 Question(
                     question_id=f"{self._id_prefix}-s{self.seed}-{split}-{i:06d}",
-                    text=question_text(start, relations),
+                    text=self._phrase(start, relations),
                     golds=(chain[-1].object,),
                     hops=len(chain),
                     chain=chain,

@@ -47,6 +47,13 @@ def test_eval_split_holds_out_whole_start_entities(world: SyntheticWorld) -> Non
     assert kinds["person"] > 0 and kinds["company"] > 0
 
 
+def test_questions_end_on_the_start_name(world: SyntheticWorld) -> None:
+    for q in world.questions("train", 40):
+        assert q.text.endswith(f" of {q.chain[0].subject}?")
+        assert q.text.count(" of ") == q.hops
+    assert world.questions("train", 1)[0].text.startswith(("What is the ", "Who is the "))
+
+
 def test_prompt_rows_carry_hops(world: SyntheticWorld) -> None:
     rows = world.to_prompts("eval", 4)
     assert [r["meta"]["hops"] for r in rows] == [1, 2, 3, 4]
