@@ -44,13 +44,16 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from a2tgpo.envs.prompting import SYSTEM_PROMPT, build_messages, wrap_observation
 from a2tgpo.envs.retrievers import Passage, Retriever
 from a2tgpo.envs.synthetic_hard import HardWorld
 from a2tgpo.envs.synthetic_world import Fact, World
 from a2tgpo.envs.tools import SearchTool
+
+if TYPE_CHECKING:
+    from a2tgpo.config import EnvConfig
 
 EVAL_FRACTION = 0.2
 DATA_SOURCE = "synthetic"
@@ -140,7 +143,7 @@ class SyntheticWorld:
         self._phrase = question_text if world == "easy" else name_last_question
 
     @classmethod
-    def from_config(cls, env: Any) -> SyntheticWorld:
+    def from_config(cls, env: EnvConfig) -> SyntheticWorld:
         """The world an EnvConfig describes (kind, seed, size, hops and the hard world's knobs)."""
         return cls(
             env.seed,
