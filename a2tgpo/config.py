@@ -93,6 +93,15 @@ class EnvConfig(_Section):
         description="Synthetic world: share of the questions held out for evaluation "
         "(easy: per hop count; hard: by whole start entities).",
     )
+    prompt_template: str = Field(
+        "compact",
+        description="How a question becomes the prompt: compact (the project's short system "
+        "instruction), search-r1 (Search-R1's), igpo (IGPO's), none (messages as given), or a "
+        "template file (.txt with a {question} slot, or .json/.yaml with the PromptTemplate "
+        "fields). Prompts that already carry an instruction (a system message, or tool tags in "
+        "the user message) are left alone. The same template prompts the synthetic world, the "
+        "warm-start demonstrations and sets the IG answer prefix (a2tgpo/envs/prompting.py).",
+    )
     dataset: str = Field(
         "", description="search_qa: training prompts file (verl parquet or FlashRAG jsonl/parquet)."
     )
@@ -167,10 +176,11 @@ class IGConfig(_Section):
         "first",
         description="Several gold answers: score the first, or take the max of v over them.",
     )
-    answer_prefix: str = Field(
-        "<answer> ",
+    answer_prefix: str | None = Field(
+        None,
         description="Text teacher-forced after a context, before the gold answer (the tokens "
-        "covering the gold's characters are scored; IGPO: '\\nNow there's enough information "
+        "covering the gold's characters are scored). None = the prompt template's "
+        "(compact / search-r1: '<answer> '; igpo: IGPO's '\\nNow there's enough information "
         "to answer\\n</think>\\n<answer>\\n').",
     )
     tokens_per_batch: int = Field(
@@ -262,6 +272,12 @@ class EvalConfig(_Section):
         "the baseline of the later evaluations.",
     )
     prompts: int = Field(64, ge=1, description="Held-out prompts per evaluation.")
+    prompts_per_source: int = Field(
+        0,
+        ge=0,
+        description="Held-out prompts per data source instead (0 = off, use `prompts`): the "
+        "seven-benchmark table samples each benchmark alike.",
+    )
     sampled_group: int = Field(4, ge=1, description="Samples per prompt in the sampled evaluation.")
 
 

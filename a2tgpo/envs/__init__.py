@@ -5,7 +5,7 @@
     retrievers.py       Passage, the Retriever protocol, HttpRetriever (Search-R1 server)
     bm25.py             BM25Retriever (bm25s) with an on-disk index cache
     tools.py            SearchTool (Search-R1 observation format; never raises); search.py: make_search_tool
-    prompting.py        SYSTEM_PROMPT, build_messages, wrap_observation
+    prompting.py        PromptTemplate, TEMPLATES, render_prompts, wrap_observation
     synthetic_world.py  entities, facts and passages of a seeded synthetic world
     synthetic.py        SyntheticWorld: question splits, demonstrations, prompt rows
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from a2tgpo.envs.prompting import SYSTEM_PROMPT, build_messages, wrap_observation
+from a2tgpo.envs.prompting import COMPACT, PromptTemplate, load_template, wrap_observation
 from a2tgpo.envs.retrievers import Passage, Retriever
 from a2tgpo.envs.synthetic_hard import HardWorld
 from a2tgpo.envs.synthetic_world import Fact, World
@@ -122,6 +122,7 @@ class SyntheticWorld:
         world: str = "easy",
         name_sharing: int = 2,
         eval_fraction: float = EVAL_FRACTION,
+        template: PromptTemplate = COMPACT,
     ):
         if not 1 <= max_hops <= 4:
             raise ValueError(f"max_hops must be in 1..4, got {max_hops}")
@@ -131,6 +132,7 @@ class SyntheticWorld:
         self.max_hops = max_hops
         self.kind = world
         self.eval_fraction = eval_fraction
+        self.template = template  # prompts and warm-start demonstrations alike
         self.world = (
             World(seed, num_entities)
             if world == "easy"
@@ -152,6 +154,7 @@ class SyntheticWorld:
             world=env.world,
             name_sharing=env.name_sharing,
             eval_fraction=env.eval_fraction,
+            template=load_template(env.prompt_template),
         )
 
     @property
@@ -297,7 +300,7 @@ class SyntheticWorld:
 
     def texts(self, max_demonstrations: int = 4000) -> list[str]:
         """All text of the world, for training a tokenizer: passages, prompts, transcripts."""
-        out = [SYSTEM_PROMPT]
+        out = [m["content"] for m in self.template.messages("") if m["content"]]
         out += [p.contents for p in self.world.passages]
         for split in ("train", "eval"):
             out += [q.text for q in self.questions(split)]
@@ -306,11 +309,12 @@ class SyntheticWorld:
         return out
 
     def to_prompts(self, split: str, n: int | None = None) -> list[dict[str, Any]]:
-        """Plain prompt rows (PROMPTS columns; `meta` is a dict for the writer to JSON-encode)."""
+        """Prompt rows (PROMPTS columns; `meta` is a dict for the writer to JSON-encode),
+        their messages rendered by the world's prompt template."""
         return [
             {
                 "prompt_id": q.question_id,
-                "messages": build_messages(q.text),
+                "messages": self.template.messages(q.text),
                 "golds": list(q.golds),
                 "data_source": DATA_SOURCE,
                 "split": split,

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 def probe_sets_for(table: pa.Table, tokenizer, ig: IGConfig) -> tuple[list[ProbeSet], list[int]]:
     """The probe sets of every trajectory, and the row each set belongs to."""
+    if ig.answer_prefix is None:  # None means "the template's": resolve before scoring
+        raise ValueError("ig.answer_prefix is unresolved: pass a2tgpo.envs.prompting.resolved_ig")
     sets: list[ProbeSet] = []
     owners: list[int] = []
     columns = table.select(["token_ids", "turns", "golds"]).to_pydict()

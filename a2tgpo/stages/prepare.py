@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +23,7 @@ from a2tgpo.data.manifest import Manifest
 from a2tgpo.data.schemas import PROMPTS
 from a2tgpo.data.stage import read_manifest, read_stage, resumable, write_stage
 from a2tgpo.data.storage import Storage
+from a2tgpo.envs.prompting import load_template, render_prompts
 
 
 def run_prepare(
@@ -37,7 +39,8 @@ def run_prepare(
     prompt pools and the fixed held-out sample. Returns their URIs by role."""
     storage = Storage(config.storage)
     ensure_initial_model(config, storage, init_uri)
-    ensure_prompt_pool(config, storage, "train", train_pool_uri)
+    if has_training_prompts(config):  # an evaluation of a search-QA file needs none
+        ensure_prompt_pool(config, storage, "train", train_pool_uri)
     ensure_prompt_pool(config, storage, "eval", eval_pool_uri)
     sample_prompts(
         config,
@@ -45,6 +48,7 @@ def run_prepare(
         out_uri=eval_prompts_uri,
         count=config.eval.prompts,
         seed=seed,
+        per_source=config.eval.prompts_per_source,
     )
     return {
         "init": init_uri,
@@ -52,6 +56,12 @@ def run_prepare(
         "eval_pool": eval_pool_uri,
         "eval_prompts": eval_prompts_uri,
     }
+
+
+def has_training_prompts(config: RunConfig) -> bool:
+    """Whether the environment has a training split: the synthetic world always does, a
+    search-QA run only with `env.dataset`."""
+    return config.env.kind == "synthetic" or bool(config.env.dataset)
 
 
 def ensure_initial_model(config: RunConfig, storage: Storage, uri: str) -> str:
@@ -90,26 +100,33 @@ def build_configured_tiny_model(config: RunConfig, out: Path, overwrite: bool = 
 
 
 def environment_texts(config: RunConfig) -> list[str]:
-    """Text to train the tiny model's tokenizer on: the environment's corpus and transcripts."""
+    """Text to train the tiny model's tokenizer on: the environment's corpus and
+    transcripts, or a dataset's questions and the prompt template's instruction."""
     if config.env.kind == "synthetic":
         from a2tgpo.envs.synthetic import SyntheticWorld
 
         world = SyntheticWorld.from_config(config.env)
         return world.texts()
-    pool = prompt_pool_table(config, "train")
-    return [q for q in pool.column("question").to_pylist()]
+    pool, _ = prompt_pool_table(config, "train" if has_training_prompts(config) else "eval")
+    instruction = load_template(config.env.prompt_template).messages("")
+    return [m["content"] for m in instruction if m["content"]] + [
+        m["content"] for ms in pool.column("messages").to_pylist() for m in ms
+    ]
 
 
-def prompt_pool_table(config: RunConfig, split: str) -> pa.Table:
-    """All prompts of a split, in the PROMPTS schema."""
+def prompt_pool_table(config: RunConfig, split: str) -> tuple[pa.Table, dict[str, Any]]:
+    """All prompts of a split in the PROMPTS schema, rendered with `env.prompt_template`,
+    and the template's counts for the manifest (see `prompting.render_prompts`)."""
+    template = load_template(config.env.prompt_template)
     if config.env.kind == "synthetic":
         from a2tgpo.envs.synthetic import SyntheticWorld
 
         world = SyntheticWorld.from_config(config.env)
-        rows = world.to_prompts(split)
+        rows = world.to_prompts(split)  # rendered by the world's template already
         for row in rows:
             row["meta"] = json.dumps(row["meta"])
-        return pa.Table.from_pylist(rows, schema=PROMPTS)
+        counts = {"prompt_template": template.name, "templated": len(rows), "kept": 0}
+        return pa.Table.from_pylist(rows, schema=PROMPTS), counts
     from a2tgpo.data.loaders import load_prompts
 
     path = config.env.dataset if split == "train" else config.env.eval_dataset
@@ -117,32 +134,51 @@ def prompt_pool_table(config: RunConfig, split: str) -> pa.Table:
         raise ValueError(
             f"env.kind='search_qa' needs env.{'dataset' if split == 'train' else 'eval_dataset'}"
         )
-    return load_prompts(path)
+    rows = load_prompts(path).to_pylist()
+    counts = render_prompts(rows, template)
+    return pa.Table.from_pylist(rows, schema=PROMPTS), counts
 
 
 def ensure_prompt_pool(config: RunConfig, storage: Storage, split: str, uri: str) -> str:
     """Commit all prompts of a split at `uri` once."""
     if read_manifest(storage, uri) is None:
-        table = prompt_pool_table(config, split)
-        write_stage(storage, uri, table, "prompts", stats={"prompts": table.num_rows})
+        table, counts = prompt_pool_table(config, split)
+        stats = {"prompts": table.num_rows, **counts}
+        write_stage(storage, uri, table, "prompts", stats=stats)
     return uri
 
 
 @resumable
 def sample_prompts(
-    config: RunConfig, *, pool_uri: str, out_uri: str, count: int, seed: int
+    config: RunConfig,
+    *,
+    pool_uri: str,
+    out_uri: str,
+    count: int,
+    seed: int,
+    per_source: int = 0,
 ) -> Manifest:
-    """Commit `count` prompts drawn without replacement from the pool (deterministic by seed)."""
+    """Commit `count` prompts drawn without replacement from the pool (deterministic by
+    seed); with `per_source` > 0, up to that many of each data source instead (a
+    benchmark table whose small sources are not drowned by the large ones)."""
     storage = Storage(config.storage)
+    if read_manifest(storage, pool_uri) is None and not has_training_prompts(config):
+        raise ValueError("training on env.kind='search_qa' needs env.dataset (a prompts file)")
     pool = read_stage(storage, pool_uri, "prompts")
     rng = np.random.default_rng(seed)
-    take = np.sort(rng.choice(pool.num_rows, size=min(count, pool.num_rows), replace=False))
-    sample = pool.take(pa.array(take))
-    return write_stage(
-        storage,
-        out_uri,
-        sample,
-        "prompts",
-        parents=[pool_uri],
-        stats={"prompts": sample.num_rows, "seed": seed},
-    )
+    if per_source > 0:
+        sources = np.array(pool.column("data_source").to_pylist())
+        take = np.concatenate(
+            [_draw(rng, np.flatnonzero(sources == s), per_source) for s in np.unique(sources)]
+        )
+    else:
+        take = _draw(rng, np.arange(pool.num_rows), count)
+    sample = pool.take(pa.array(np.sort(take)))
+    stats = {"prompts": sample.num_rows, "seed": seed}
+    if per_source > 0:
+        stats["per_source"] = per_source
+    return write_stage(storage, out_uri, sample, "prompts", parents=[pool_uri], stats=stats)
+
+
+def _draw(rng: np.random.Generator, rows: np.ndarray, count: int) -> np.ndarray:
+    return rng.choice(rows, size=min(count, rows.size), replace=False)

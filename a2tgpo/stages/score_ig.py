@@ -15,6 +15,7 @@ from a2tgpo.data.checkpoints import local_policy
 from a2tgpo.data.manifest import Manifest
 from a2tgpo.data.stage import read_manifest, read_stage, resumable, write_stage
 from a2tgpo.data.storage import Storage
+from a2tgpo.envs.prompting import resolved_ig
 from a2tgpo.rollout.session import EngineSession
 from a2tgpo.scoring.trajectories import ig_stats, make_scorer, score_trajectories
 
@@ -33,18 +34,19 @@ def run_score_ig(
     table = read_stage(storage, trajectories_uri, "trajectories")
     source = read_manifest(storage, trajectories_uri)
     policy_dir = str(local_policy(storage, policy_uri))
+    ig = resolved_ig(config)  # the answer prefix of the prompt template
     start = time.perf_counter()
     if config.ig.scorer == "vllm":
         with EngineSession.borrow(session, config) as engines:
             engine = engines.engine_for(policy_dir)
-            scorer = make_scorer("vllm", policy_dir, config.ig, config.model.dtype, engine)
-            scored = score_trajectories(table, scorer, engine.tokenizer, config.ig)
+            scorer = make_scorer("vllm", policy_dir, ig, config.model.dtype, engine)
+            scored = score_trajectories(table, scorer, engine.tokenizer, ig)
     else:
         from transformers import AutoTokenizer
 
-        scorer = make_scorer(config.ig.scorer, policy_dir, config.ig, config.model.dtype)
+        scorer = make_scorer(ig.scorer, policy_dir, ig, config.model.dtype)
         tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-        scored = score_trajectories(table, scorer, tokenizer, config.ig)
+        scored = score_trajectories(table, scorer, tokenizer, ig)
     seconds = time.perf_counter() - start
     return write_stage(
         storage,
@@ -53,6 +55,11 @@ def run_score_ig(
         "scored",
         policy_version=source.policy_version if source else None,
         parents=[trajectories_uri, policy_uri],
-        stats={"scorer": config.ig.scorer, "seconds": seconds, **ig_stats(scored)},
+        stats={
+            "scorer": ig.scorer,
+            "answer_prefix": ig.answer_prefix,
+            "seconds": seconds,
+            **ig_stats(scored),
+        },
         rows_per_part=config.storage.rows_per_part,
     )

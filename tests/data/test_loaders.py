@@ -15,17 +15,9 @@ from a2tgpo.data.schemas import PROMPTS
 from a2tgpo.data.stage import read_stage, write_stage
 from a2tgpo.data.storage import Storage
 from a2tgpo.envs.rewards import split_golds
+from tests.search_qa_data import SEARCH_QA, needs_data
 
-# The benchmark files lie beside the checkout (../shared), not in it: the project may not
-# redistribute them. A checkout without them skips these two tests; the first candidate
-# is the checkout's own neighbour, the second where this workplace keeps them.
-_CANDIDATES = [
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "search-qa",
-    Path("/work/shared/data/search-qa"),
-]
-SEARCH_QA = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[0])
 SOURCES = ["2wiki", "Bamboogle", "hotpotqa", "musique", "nq", "popqa", "tq"]
-needs_data = pytest.mark.skipif(not SEARCH_QA.is_dir(), reason="../shared/data/search-qa absent")
 
 
 @needs_data

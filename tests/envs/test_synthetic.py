@@ -6,7 +6,7 @@ import pytest
 
 from a2tgpo.envs.bm25 import BM25Retriever
 from a2tgpo.envs.parser import extract_answer, parse_action
-from a2tgpo.envs.prompting import SYSTEM_PROMPT, build_messages
+from a2tgpo.envs.prompting import COMPACT
 from a2tgpo.envs.rewards import score_response
 from a2tgpo.envs.synthetic import SyntheticWorld, question_text
 from a2tgpo.envs.synthetic_world import MAX_MENTIONS
@@ -94,10 +94,10 @@ def test_each_search_query_is_copyable(world: SyntheticWorld) -> None:
 
 def test_texts_and_prompts(world: SyntheticWorld) -> None:
     texts = world.texts(max_demonstrations=50)
-    assert SYSTEM_PROMPT in texts and sum(t.startswith("<search>") for t in texts) == 50
+    assert COMPACT.instruction in texts and sum(t.startswith("<search>") for t in texts) == 50
     assert all(p.contents in texts for p in world.corpus)
     rows = world.to_prompts("eval", 4)
-    assert rows[0]["messages"] == build_messages(rows[0]["question"])
+    assert rows[0]["messages"] == COMPACT.messages(rows[0]["question"])
     assert rows[0]["data_source"] == "synthetic" and rows[0]["split"] == "eval"
     assert rows[0]["meta"]["hops"] == 1 and rows[0]["golds"] == list(
         world.questions("eval", 1)[0].golds

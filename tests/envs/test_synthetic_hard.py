@@ -8,7 +8,7 @@ import pytest
 
 from a2tgpo.envs.bm25 import tokenize
 from a2tgpo.envs.parser import extract_answer, parse_action
-from a2tgpo.envs.prompting import OBSERVATION_CLOSE, OBSERVATION_OPEN, build_messages
+from a2tgpo.envs.prompting import COMPACT, OBSERVATION_CLOSE, OBSERVATION_OPEN
 from a2tgpo.envs.rewards import score_response
 from a2tgpo.envs.synthetic import SyntheticWorld
 from a2tgpo.envs.synthetic_hard import CITY_WORDS, SECTOR_WORDS, HardWorld
@@ -59,7 +59,7 @@ def test_prompt_rows_carry_hops(world: SyntheticWorld) -> None:
     assert [r["meta"]["hops"] for r in rows] == [1, 2, 3, 4]
     assert all(r["meta"]["world"] == "hard" and r["split"] == "eval" for r in rows)
     assert rows[0]["prompt_id"].startswith("syn-hard-s0-eval-")
-    assert rows[0]["messages"] == build_messages(rows[0]["question"])
+    assert rows[0]["messages"] == COMPACT.messages(rows[0]["question"])
 
 
 def test_namesakes_share_name_words(world: SyntheticWorld) -> None:
@@ -125,7 +125,7 @@ def test_four_hop_transcripts_fit_the_token_budget(world: SyntheticWorld) -> Non
     longest = 0
     for q in [q for q in world.questions("train") + world.questions("eval") if q.hops == 4]:
         prompt = tokenizer.apply_chat_template(
-            build_messages(q.text), add_generation_prompt=True, tokenize=True, return_dict=False
+            COMPACT.messages(q.text), add_generation_prompt=True, tokenize=True, return_dict=False
         )
         total = len(prompt)
         for turn in world.demonstration(q):

@@ -130,6 +130,6 @@ def test_score_ig_stage_with_the_vllm_scorer(
         session=EngineSession.around(config, vllm_engine),
     )
     assert manifest.stats["scorer"] == "vllm"
-    want = score_trajectories(table, PackedScorer(hf_model), tokenizer, config.ig)
+    want = score_trajectories(table, PackedScorer(hf_model), tokenizer, resolved_ig(config))
     got = read_stage(storage, out, "scored")
     np.testing.assert_allclose(turn_column(got, "ig"), turn_column(want, "ig"), atol=1e-4)
