@@ -8,7 +8,7 @@ here: they come from the environment (see `StorageConfig`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -212,12 +212,32 @@ class EstimatorConfig(_Section):
     )
     clip_magnitude: bool = Field(False, description="Adaptive clip on |IGn| instead of IGn.")
     ig_coef: float | None = Field(None, description="alpha; None = default (a2tgpo 0.3, igpo 1.0).")
+    grpo_warmup_iterations: int = Field(
+        0,
+        ge=0,
+        description="Train the first N iterations with outcome-only GRPO advantages (same clip "
+        "ranges, no IG terms), then switch to this estimator: the released A²TGPO code's "
+        "optional warm-up. MLflow records `estimator/grpo_warmup` per iteration.",
+    )
 
-    def settings(self) -> EstimatorSettings:
-        """The resolved `a2tgpo.algo.EstimatorSettings`: None switches take the estimator's default."""
+    # Fields that say when, not how: every other field is an `EstimatorSettings` field.
+    SCHEDULE_FIELDS: ClassVar[frozenset[str]] = frozenset({"grpo_warmup_iterations"})
+
+    def in_warmup(self, iteration: int | None) -> bool:
+        """Whether iteration `iteration` is one of the GRPO warm-up iterations."""
+        return iteration is not None and iteration < self.grpo_warmup_iterations
+
+    def settings(self, iteration: int | None = None) -> EstimatorSettings:
+        """The resolved `a2tgpo.algo.EstimatorSettings` (None switches take the estimator's
+        default); GRPO with the configured clip ranges during the warm-up iterations."""
         from a2tgpo.algo import EstimatorSettings  # here, not at the top: config stays a leaf
 
-        return EstimatorSettings.of(**self.model_dump())
+        if self.in_warmup(iteration):
+            return EstimatorSettings.of(
+                "grpo", clip_eps_low=self.clip_eps_low, clip_eps_high=self.clip_eps_high
+            )
+        switches = self.model_dump(exclude=set(self.SCHEDULE_FIELDS))
+        return EstimatorSettings.of(**switches)
 
 
 class TrainConfig(_Section):

@@ -11,9 +11,9 @@ its three components switched off. They share one MLflow experiment
 questions about unseen start entities), in the experiment
 `a2tgpo-estimators-synthetic-hard`.
 
-`search_qa_7b` is the reference recipe for a cluster (IGPO's hyperparameters on
-Qwen2.5-7B-Instruct with a Search-R1 retrieval server); apply it with overrides for
-paths and GPU counts.
+The reference presets for a cluster, one per released recipe, live in
+`a2tgpo.reference_presets` with a table of their settings and sources:
+`a2tgpo-qwen3-4b` (the released A²TGPO code) and `search-qa-7b` (IGPO's recipe).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from a2tgpo.config import RunConfig, apply_overrides
+from a2tgpo.reference_presets import a2tgpo_qwen3_4b, search_qa_7b
 
 
 def embedded() -> RunConfig:
@@ -108,47 +109,6 @@ def on_hard_world(base: Callable[[], RunConfig], name: str) -> RunConfig:
     return apply_overrides(base(), [*HARD_WORLD, f"preset={name}"])
 
 
-def search_qa_7b() -> RunConfig:
-    """Reference cluster recipe (IGPO's settings): Qwen2.5-7B-Instruct, 32 prompts x 16."""
-    return apply_overrides(
-        RunConfig(preset="search-qa-7b"),
-        [
-            "model.policy=Qwen/Qwen2.5-7B-Instruct",
-            "model.dtype=bfloat16",
-            "env.kind=search_qa",
-            "env.retriever=http",
-            "env.retriever_url=http://retriever:8000/retrieve",
-            "env.topk=3",
-            "rollout.prompts_per_iteration=32",
-            "rollout.group_size=16",
-            "rollout.max_turns=10",
-            "rollout.max_turn_tokens=512",
-            "rollout.max_total_tokens=8192",
-            "rollout.max_observation_tokens=512",
-            "rollout.keep_engine=false",
-            "rollout.tensor_parallel_size=2",
-            "reward.metric=f1",
-            "reward.format_penalty=-2.0",
-            "ig.answer_prefix=\nNow there's enough information to answer\n</think>\n<answer>\n",
-            "train.learning_rate=1e-6",
-            # the released A²TGPO recipe: one ratio per turn, with much smaller clip ranges
-            "train.ratio_level=turn",
-            "estimator.clip_eps_low=0.003",
-            "estimator.clip_eps_high=0.004",
-            "train.kl_coef=0.001",
-            "train.entropy_coef=0.001",
-            "train.micro_batch_tokens=16384",
-            "train.mini_batches=4",
-            "train.num_gpus=8",
-            "train.gradient_checkpointing=true",
-            "warmstart.enabled=false",
-            "iterations=300",
-            "eval.every=10",
-            "eval.prompts=512",
-        ],
-    )
-
-
 ESTIMATOR_PRESETS = (
     "grpo",
     "igpo",
@@ -167,6 +127,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "a2tgpo-no-rescale": a2tgpo_no_rescale,
     "a2tgpo-no-adaptive-clip": a2tgpo_no_adaptive_clip,
     "search-qa-7b": search_qa_7b,
+    "a2tgpo-qwen3-4b": a2tgpo_qwen3_4b,
 }
 # `hard` (the embedded run, A²TGPO) and `hard-<estimator>` for each estimator preset.
 PRESETS["hard"] = functools.partial(on_hard_world, embedded, "hard")

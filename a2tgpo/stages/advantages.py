@@ -39,9 +39,10 @@ def flat_turns(table: pa.Table) -> dict[str, np.ndarray]:
 
 
 def compute_advantages(
-    table: pa.Table, estimator: EstimatorConfig
+    table: pa.Table, estimator: EstimatorConfig, iteration: int | None = None
 ) -> tuple[pa.Table, TurnAdvantages]:
-    """The ADVANTAGED table of a SCORED table, and the estimator's intermediates."""
+    """The ADVANTAGED table of a SCORED table, and the estimator's intermediates (GRPO's
+    during the estimator's warm-up iterations)."""
     rows = flat_turns(table)
     details = turn_advantage_details(
         rows["group"],
@@ -49,7 +50,7 @@ def compute_advantages(
         rows["turn"],
         rows["ig"],
         rows["outcome"],
-        estimator.settings(),
+        estimator.settings(iteration),
     )
     turns = table.column("turns").combine_chunks()
     flat = pc.list_flatten(turns)
@@ -98,13 +99,17 @@ def advantage_stats(table: pa.Table, details: TurnAdvantages) -> dict[str, Any]:
 
 
 @resumable
-def run_advantages(config: RunConfig, *, scored_uri: str, out_uri: str) -> Manifest:
+def run_advantages(
+    config: RunConfig, *, scored_uri: str, out_uri: str, iteration: int | None = None
+) -> Manifest:
     """Read a committed scored dataset, compute advantages, commit the advantaged one."""
     storage = Storage(config.storage)
     scored = read_stage(storage, scored_uri, "scored")
     if scored.num_rows == 0:
         raise ValueError(f"scored dataset {scored_uri} is empty")
-    table, details = compute_advantages(scored, config.estimator)
+    estimator = config.estimator
+    table, details = compute_advantages(scored, estimator, iteration)
+    used = estimator.settings(iteration)
     source = read_manifest(storage, scored_uri)
     return write_stage(
         storage,
@@ -113,6 +118,10 @@ def run_advantages(config: RunConfig, *, scored_uri: str, out_uri: str) -> Manif
         "advantaged",
         policy_version=source.policy_version if source else None,
         parents=[scored_uri],
-        stats={"estimator": config.estimator.name, **advantage_stats(table, details)},
+        stats={
+            "estimator": used.name,
+            "grpo_warmup": estimator.in_warmup(iteration),
+            **advantage_stats(table, details),
+        },
         rows_per_part=config.storage.rows_per_part,
     )

@@ -148,7 +148,8 @@ def _plan_score_ig(layout: RunLayout, config: RunConfig, k: int) -> StagePlan:
 
 def _plan_advantages(layout: RunLayout, config: RunConfig, k: int) -> StagePlan:
     inputs = {"scored": layout.stage(k, "scored")}
-    return StagePlan("advantages", k, inputs, {"out": layout.stage(k, "advantaged")})
+    outputs = {"out": layout.stage(k, "advantaged")}
+    return StagePlan("advantages", k, inputs, outputs, params={"iteration": k})
 
 
 def _plan_train_step(layout: RunLayout, config: RunConfig, k: int) -> StagePlan:

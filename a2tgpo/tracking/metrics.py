@@ -51,7 +51,7 @@ def ig_metrics(stats: dict[str, Any]) -> dict[str, float]:
 
 
 def advantage_metrics(stats: dict[str, Any]) -> dict[str, float]:
-    out = {}
+    out = {"estimator/grpo_warmup": float(bool(stats.get("grpo_warmup", False)))}
     for k, m in stats.get("by_turn", {}).items():
         out[f"ig_norm/turn_{k}/mean"] = m["ig_norm_mean"]
         out[f"ig_norm/turn_{k}/abs_mean"] = m["ig_norm_abs_mean"]
