@@ -15,6 +15,7 @@ import pytest
 from a2tgpo.config import IGConfig, RunConfig, StorageConfig
 from a2tgpo.data.stage import read_stage, write_stage
 from a2tgpo.data.storage import Storage
+from a2tgpo.envs.prompting import resolved_ig
 from a2tgpo.rollout.session import EngineSession
 from a2tgpo.scoring.naive import NaiveScorer
 from a2tgpo.scoring.packed import PackedScorer
