@@ -10,6 +10,7 @@ command (a2tgpo/cli.py), which runs the same declared stage.
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 
 import typer
@@ -28,6 +29,9 @@ from a2tgpo.cli_common import (
 from a2tgpo.stages.contract import RUN_WIDE_ROLES, STAGES, URI_HELP, Stage
 
 FLOW_COMMANDS = {"evaluate"}  # stages whose command runs a flow (a2tgpo/cli.py)
+# Stages that store or compare rollout log-probs: they warn when those are not of the
+# distribution sampled (the train flow warns once at its start instead).
+LOGPROB_STAGES = {"rollout", "train-step"}
 
 
 @app.command("make-tiny-model")
@@ -55,6 +59,11 @@ def run_stage_command(stage: Stage, cfg, iteration: int | None, uris: dict[str, 
             raise typer.BadParameter(f"give --{missing[0]} or --iteration")
         iteration = 0  # every URI is explicit; the plan only supplies the seed rule
     plan = stage.plan(cfg, iteration).override(**uris)
+    if stage.name in LOGPROB_STAGES:
+        from a2tgpo.engines.options import logprob_mismatch_warning
+
+        if warning := logprob_mismatch_warning(cfg):
+            logging.getLogger("a2tgpo.cli").warning(warning)
     with EngineSession(cfg) as session:
         result = stage.run(cfg, plan, session, stream=True)
     for manifest in result.values() if isinstance(result, dict) else [result]:

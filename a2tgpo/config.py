@@ -141,6 +141,16 @@ class RolloutConfig(_Section):
     )
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling: the k most likely tokens (0 = off).")
+    logprobs: Literal["raw", "sampled"] = Field(
+        "sampled",
+        description="Which distribution the PPO ratio and the stored rollout log-probs use. "
+        "sampled: the one tokens are drawn from (vLLM processed_logprobs: logits/temperature, "
+        "top-k/top-p cut); the trainer divides its logits by the temperature (verl's rule). "
+        "raw: the untempered model, log_softmax(logits), in engine and trainer. The two agree "
+        "at temperature 1 without top-k/top-p; the run warns at start when the distribution "
+        "sampled differs from the trainer's (top-k/top-p cuts, greedy, raw at temperature != 1).",
+    )
     seed: int = Field(
         0, description="Base seed; each trajectory's seed derives from it and its id."
     )

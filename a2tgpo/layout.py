@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from a2tgpo.config import RunConfig, flatten
 from a2tgpo.data.stage import read_manifest
 from a2tgpo.data.storage import Storage
+from a2tgpo.envs.prompting import answer_prefix
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,17 @@ def pin_run_config(config: RunConfig, layout: RunLayout) -> None:
     """
     uri = layout.uri("run-config.json")
     ours = {k: v for k, v in flatten(config).items() if not k.startswith(_RESUMABLE)}
+    ours["ig.answer_prefix"] = answer_prefix(config)  # resolved: None means the template's
     ours = json.loads(json.dumps(ours, default=str))  # as stored: JSON types
     if not layout.storage.exists(uri):
         layout.storage.write_bytes(uri, json.dumps(ours, indent=1, sort_keys=True).encode())
         return
     pinned = json.loads(layout.storage.read_bytes(uri))
-    changed = sorted(k for k in ours.keys() | pinned.keys() if ours.get(k) != pinned.get(k))
+    # A setting newer than the pinned config, left at its default, changes nothing.
+    defaults = json.loads(json.dumps(flatten(RunConfig()), default=str))
+    added = {k for k in ours.keys() - pinned.keys() if ours[k] == defaults.get(k)}
+    keys = (ours.keys() | pinned.keys()) - added
+    changed = sorted(k for k in keys if ours.get(k) != pinned.get(k))
     if changed:
         shown = ", ".join(f"{k}: {pinned.get(k)!r} -> {ours.get(k)!r}" for k in changed[:8])
         raise ValueError(

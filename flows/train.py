@@ -30,6 +30,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from a2tgpo.config import RunConfig
+from a2tgpo.engines.options import logprob_mismatch_warning
 from a2tgpo.layout import RunLayout, pin_run_config
 from a2tgpo.presets import resolve_config
 from a2tgpo.rollout.session import EngineSession
@@ -50,6 +51,8 @@ def train_flow(
     config = resolve_config(preset, overrides, config)
     layout = RunLayout.of(config)
     pin_run_config(config, layout)  # before anything is tracked: a clash fails at once
+    if warning := logprob_mismatch_warning(config):
+        get_run_logger().warning(warning)
     tracker = RunTracker(config, flow_run_id=flow_run.get_id())
     reporter = Reporter(config, tracker, total_steps=planned_steps(config))
     error: BaseException | None = None

@@ -63,6 +63,16 @@ def test_a_missing_input_stage_is_one_line_not_a_traceback(tmp_path: Path):
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_the_rollout_command_warns_when_logprobs_are_not_of_the_sampled_distribution(
+    tmp_path: Path,
+):
+    args = ["rollout", "--prompts", "missing", "--policy", "missing", "--out", "out"]
+    result = console_script(*args, "--set", "rollout.top_p=0.9", cwd=tmp_path)
+    assert result.returncode == 2  # the input is missing; the warning came first
+    assert "WARNING" in result.stderr and "compares different distributions" in result.stderr
+    assert "mismatch/turn_k" not in console_script(*args, cwd=tmp_path).stderr  # defaults agree
+
+
 def test_relative_local_paths_are_the_working_directory_s():
     assert _local_uri("runs/x") == os.path.abspath("runs/x")
     assert _local_uri("/abs/x") == "/abs/x"

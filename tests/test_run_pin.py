@@ -27,3 +27,24 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path):
 
     other = resolve_config("grpo", [f"storage.root={tmp_path}", "run_id=other"])
     pin_run_config(other, RunLayout.of(other))  # its own run id: fine
+
+
+def test_a_run_pinned_before_a_setting_existed_resumes(tmp_path: Path):
+    import json
+
+    config = resolve_config("embedded", [f"storage.root={tmp_path}", "run_id=old"])
+    layout = RunLayout.of(config)
+    pin_run_config(config, layout)
+    pinned_file = tmp_path / "old" / "run-config.json"
+    pinned = json.loads(pinned_file.read_text())
+    # as an older version wrote it: without the newer settings, the prefix spelled out
+    for newer in ("env.prompt_template", "estimator.grpo_warmup_iterations", "rollout.top_k"):
+        del pinned[newer]
+    assert pinned["ig.answer_prefix"] == "<answer> "
+    pinned_file.write_text(json.dumps(pinned))
+    pin_run_config(config, layout)  # newer settings at their defaults: a resume
+    changed = resolve_config(
+        "embedded", [f"storage.root={tmp_path}", "run_id=old", "env.prompt_template=igpo"]
+    )
+    with pytest.raises(ValueError, match="prompt_template"):
+        pin_run_config(changed, RunLayout.of(changed))

@@ -11,18 +11,25 @@ Contract shared by both engines:
     in the decoded text, or after `max_tokens`. When a stop string ends inside a
     token, the whole token is kept (token ids cannot be split); `text` is then the
     decode of all kept tokens and may run a few characters past the stop string.
-  - Sampled-token log-probs are the *unscaled* model log-probs, log_softmax(raw
-    logits), whatever the temperature / top-p used for sampling. That is what the
-    trainer recomputes from its own forward pass, so the PPO ratio compares like
-    with like (vLLM: `logprobs_mode="raw_logprobs"`).
-  - `prompt_logprobs` is teacher forcing: log p(tok_j | tok_<j) under the same model.
+  - Sampled-token log-probs follow the engine's `logprobs_mode` (fixed when the
+    engine starts, like vLLM's own setting):
+      "raw": the unscaled model log-probs, log_softmax(logits), whatever the
+        temperature / top-k / top-p used for sampling (vLLM "raw_logprobs").
+      "sampled": the log-probs of the distribution the token was drawn from:
+        softmax(logits / T) with the top-k / top-p cut applied and renormalized over
+        the kept tokens (vLLM "processed_logprobs"). The trainer divides its logits by
+        T too (`a2tgpo.engines.options.trainer_temperature`), so the two agree unless
+        top-k / top-p cut the distribution, which the trainer cannot reproduce.
+    A greedy request (T = 0) gets raw log-probs in both modes (vLLM's greedy path).
+  - `prompt_logprobs` is teacher forcing: log p(tok_j | tok_<j) under the same model,
+    always raw (vLLM: "prompt tokens do not go through sampling processors").
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -34,6 +41,7 @@ class SamplingSpec:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # keep the k most likely tokens; 0 = off (vLLM's convention)
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: bool = True
@@ -51,6 +59,8 @@ class SamplingSpec:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         # A list would make the frozen spec unhashable and is easy to pass by mistake.
         object.__setattr__(self, "stop", tuple(self.stop))
 
@@ -61,7 +71,8 @@ class Generation:
 
     finish_reason: "stop" (a stop string or EOS) or "length" (max_tokens or the
     context limit). stop_reason: the matched stop string, None for EOS and length.
-    logprobs: one unscaled model log-prob per token id, None if not requested.
+    logprobs: one log-prob per token id (the engine's `logprobs_mode`), None if not
+    requested.
     text: decode of `token_ids` with special tokens (EOS) skipped.
     """
 
@@ -104,6 +115,15 @@ class Engine(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+LogprobsMode = Literal["raw", "sampled"]
+VLLM_LOGPROBS_MODES: dict[str, str] = {"raw": "raw_logprobs", "sampled": "processed_logprobs"}
+
+
+def check_logprobs_mode(mode: str) -> None:
+    if mode not in VLLM_LOGPROBS_MODES:
+        raise ValueError(f"logprobs_mode must be 'raw' or 'sampled', got {mode!r}")
 
 
 def expand_specs(specs: SamplingSpec | list[SamplingSpec], n: int) -> list[SamplingSpec]:

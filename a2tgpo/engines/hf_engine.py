@@ -4,13 +4,15 @@ Used where vLLM is not available and as the reference the vLLM engine is tested
 against. A hand-written loop (rather than `model.generate`) gives what the engine
 contract needs and `generate` does not offer together: a per-request seed, stop
 strings checked exactly like vLLM (on the decoded text, first occurrence, keeping
-the completing token), and unscaled log-probs of the sampled tokens.
+the completing token), and the sampled tokens' log-probs in either `logprobs_mode`.
 
 Prompts are left-padded so that every row's next token sits in the last column;
 finished rows keep being fed a pad token (their outputs are ignored) so the batch
 stays rectangular. Sampling draws one uniform number per token from the row's own
 `torch.Generator` (seeded per request, else the engine's) and inverts the CDF, so a
-row's samples do not depend on which other rows share its batch.
+row's samples do not depend on which other rows share its batch. Top-k then top-p
+cut the tempered distribution as vLLM does (`apply_top_k_top_p`: ties at the k-th
+value are kept; top-p on the top-k-renormalized probabilities).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from a2tgpo.batching import token_budget_batches
 from a2tgpo.engines.base import (
     Engine,
     Generation,
+    LogprobsMode,
     SamplingSpec,
+    check_logprobs_mode,
     check_starts,
     expand_specs,
     torch_dtype,
@@ -45,8 +49,11 @@ class HFEngine(Engine):
         max_batch_size: int = 256,
         tokens_per_batch: int = 8192,
         attn_implementation: str = "sdpa",
+        logprobs_mode: LogprobsMode = "raw",
     ) -> None:
         """max_model_len None = the model's max_position_embeddings.
+
+        logprobs_mode: what sampled-token log-probs are (base.py): "raw" or "sampled".
 
         max_batch_size bounds the rows generated together; tokens_per_batch bounds
         the padded tokens of one `prompt_logprobs` forward (its logits are B x L x V).
@@ -54,7 +61,9 @@ class HFEngine(Engine):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        check_logprobs_mode(logprobs_mode)
         self._torch = torch
+        self.logprobs_mode = logprobs_mode
         self.model_dir = str(model_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -168,12 +177,15 @@ class HFEngine(Engine):
         return self._torch.Generator(device="cpu").manual_seed(spec.seed)
 
     def _sample(self, logits: Any, rows: list[_Row]) -> tuple[list[int], list[float]]:
-        """One token per row, and its unscaled log-prob (log_softmax of raw logits)."""
+        """One token per row, and its log-prob in the engine's `logprobs_mode`."""
         torch = self._torch
         raw_logp = torch.log_softmax(logits, dim=-1)
         temps = torch.tensor([r.spec.temperature for r in rows], device=logits.device)
         greedy = temps == 0
         probs = torch.softmax(logits / temps.clamp(min=1e-6).unsqueeze(-1), dim=-1)
+        top_k = torch.tensor([r.spec.top_k for r in rows], device=logits.device)
+        if bool((top_k > 0).any()):
+            probs = _top_k(probs, top_k)
         top_p = torch.tensor([r.spec.top_p for r in rows], device=logits.device)
         if bool((top_p < 1).any()):
             probs = _nucleus(probs, top_p)
@@ -185,6 +197,10 @@ class HFEngine(Engine):
         sampled = sampled.squeeze(-1).clamp(max=logits.shape[-1] - 1)
         tokens = torch.where(greedy, logits.argmax(-1), sampled)
         logps = raw_logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        if self.logprobs_mode == "sampled":  # greedy rows keep raw log-probs, as in vLLM
+            cut = (top_k > 0) | (top_p < 1)
+            sampled_logp = _sampled_logprob(logits, temps, probs, tokens, cut)
+            logps = torch.where(greedy, logps, sampled_logp)
         return tokens.tolist(), logps.tolist()
 
     def _advance(self, row: _Row, token: int, logp: float, budget: int) -> None:
@@ -226,6 +242,37 @@ class _Row:
         text = tokenizer.decode(self.token_ids, skip_special_tokens=True)
         logprobs = self.logprobs if self.spec.logprobs else None
         return Generation(self.token_ids, logprobs, self.finish_reason, self.stop_reason, text)
+
+
+def _sampled_logprob(logits: Any, temps: Any, probs: Any, tokens: Any, cut: Any) -> Any:
+    """log p(token) under the distribution sampled, per row.
+
+    Uncut rows: log_softmax(logits / T), exactly the raw log-probs at T = 1. Rows cut
+    by top-k / top-p: `probs` (tempered, cut) renormalized, in float64 so the log of a
+    float32 probability ratio is good to ~1e-7.
+    """
+    import torch
+
+    index = tokens.unsqueeze(-1)
+    tempered = torch.log_softmax(logits / temps.clamp(min=1e-6).unsqueeze(-1), dim=-1)
+    kept = probs.double()
+    renormalized = (kept.gather(-1, index).squeeze(-1) / kept.sum(-1)).log()
+    return torch.where(cut, renormalized.to(logits.dtype), tempered.gather(-1, index).squeeze(-1))
+
+
+def _top_k(probs: Any, top_k: Any) -> Any:
+    """Zero the tokens below each row's k-th largest probability and renormalize (k 0 = off).
+
+    Ties with the k-th value are kept, like vLLM's mask (`logits < kth` is dropped).
+    """
+    import torch
+
+    on = (top_k > 0).unsqueeze(-1)
+    k = top_k.clamp(min=1, max=probs.shape[-1])
+    kth = probs.topk(int(k.max()), dim=-1).values.gather(-1, (k - 1).unsqueeze(-1))
+    probs = probs.masked_fill((probs < kth) & on, 0.0)
+    # Rows without top-k are divided by exactly 1: their samples stay bit-identical.
+    return probs / torch.where(on, probs.sum(-1, keepdim=True), 1.0)
 
 
 def _nucleus(probs: Any, top_p: Any) -> Any:

@@ -8,8 +8,15 @@ vLLM facts this module relies on (checked against vllm 0.32):
     `if __name__ == "__main__":`, and `close()` shuts that process down explicitly
     (a bare interpreter exit can abort with "terminate called without an active
     exception").
-  - `logprobs_mode="raw_logprobs"` makes sampled-token log-probs log_softmax of the
-    raw logits, before temperature / top-p (see base.py for why).
+  - `logprobs_mode` is engine-wide. "raw_logprobs": sampled-token log-probs are
+    log_softmax of the raw logits, taken before any processor (v1/sample/sampler.py,
+    `Sampler.forward`). "processed_logprobs": log_softmax of the logits after
+    penalties, temperature, min-p and the top-k / top-p mask (-inf outside the kept
+    set), i.e. of the distribution sampled from (`TopKTopPSampler.forward_native` /
+    `forward_cpu`; the V2 runner's `Sampler.sample` likewise); an all-greedy batch
+    gets log_softmax(logits) untempered. "processed_logits" would return logits, not
+    log-probs. Prompt log-probs are raw in every mode (`gpu_model_runner`: "prompt
+    tokens skip sampling processors"). Our mode "raw" / "sampled" maps to the first two.
   - `include_stop_str_in_output=True` keeps the token that completes a stop string
     (vLLM drops only tokens generated *after* it), which is the contract we want.
   - Requests that ask for prompt log-probs do not *read* the prefix cache (vLLM sets
@@ -35,9 +42,12 @@ from typing import Any
 import numpy as np
 
 from a2tgpo.engines.base import (
+    VLLM_LOGPROBS_MODES,
     Engine,
     Generation,
+    LogprobsMode,
     SamplingSpec,
+    check_logprobs_mode,
     check_starts,
     expand_specs,
 )
@@ -94,9 +104,12 @@ class VLLMEngine(Engine):
         tensor_parallel_size: int = 1,
         enable_prefix_caching: bool = True,
         enforce_eager: bool | None = None,
+        logprobs_mode: LogprobsMode = "raw",
         **llm_kwargs: Any,
     ) -> None:
         """kv_cache_gib None = vLLM's own sizing (GPU: gpu_memory_utilization).
+
+        logprobs_mode: what sampled-token log-probs are (base.py): "raw" or "sampled".
 
         enforce_eager None = eager on CPU (torch.compile would cost minutes at start
         for little gain on a tiny model), CUDA graphs on GPU. Extra kwargs go to `LLM`.
@@ -110,6 +123,7 @@ class VLLMEngine(Engine):
         from vllm import LLM
         from vllm.platforms import current_platform
 
+        check_logprobs_mode(logprobs_mode)
         on_cpu = current_platform.is_cpu()
         if enforce_eager is None:
             enforce_eager = on_cpu
@@ -121,7 +135,7 @@ class VLLMEngine(Engine):
             enforce_eager=enforce_eager,
             enable_prefix_caching=enable_prefix_caching,
             tensor_parallel_size=tensor_parallel_size,
-            logprobs_mode="raw_logprobs",
+            logprobs_mode=VLLM_LOGPROBS_MODES[logprobs_mode],
         )
         if kv_cache_gib is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
@@ -132,6 +146,7 @@ class VLLMEngine(Engine):
         kwargs.update(llm_kwargs)
         self._extension = kwargs["worker_extension_cls"]
         self.model_dir = str(model_dir)
+        self.logprobs_mode = logprobs_mode
         self._config_tied = _tied_embeddings(model_dir)
         self._reload_logs_quiet = False
         self.max_model_len = max_model_len
@@ -280,6 +295,7 @@ class VLLMEngine(Engine):
             max_tokens=spec.max_tokens,
             temperature=spec.temperature,
             top_p=spec.top_p,
+            top_k=spec.top_k,
             seed=spec.seed,
             stop=list(spec.stop) or None,
             include_stop_str_in_output=True,

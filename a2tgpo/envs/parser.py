@@ -23,8 +23,11 @@ The agent writes Search-R1-style tags. A turn is optional reasoning in
 5. No action tag at all: invalid.
 
 `extract_answer` (the reward's view of a whole response, spec "Rewards") returns
-the content of the last complete answer pair: the last `<answer>` that is
-directly followed, among answer tags, by `</answer>`.
+what Search-R1's scorer extracts (verl/utils/reward_score/qa_em.py,
+`extract_solution`): the last match of `re.finditer(r"<answer>(.*?)</answer>",
+re.DOTALL)`, stripped. Matches pair the leftmost `<answer>` with the next
+`</answer>`, so a nested `<answer>` is content: `<answer>a<answer>b</answer>`
+gives "a<answer>b" (the reward then treats it as malformed, `rewards.py`).
 
 Both work on a list of tag events found by one literal-alternation regex, so
 they run in linear time on any input (no backtracking, no nested scanning), and
@@ -124,16 +127,21 @@ def _skip_think(events: list[tuple[int, int, bool, str]], i: int) -> int:
 
 
 def extract_answer(text: str | bytes | None) -> str | None:
-    """Stripped content of the last complete `<answer>...</answer>` pair; None if there is none.
+    """Stripped content of the last `<answer>(.*?)</answer>` match; None if there is none.
 
-    A complete pair is an `<answer>` whose next answer tag is `</answer>`, so in
-    `<answer>a<answer>b</answer>` the pair is the one around "b". The content may
+    Search-R1's non-overlapping lazy matches, found on the tag events in linear time:
+    an open `<answer>` takes everything up to the next `</answer>`, inner `<answer>`
+    tags included; a `</answer>` with no open `<answer>` is skipped. The content may
     be empty (""); callers decide whether that counts as an answer.
     """
     text = _as_text(text)
-    answer_tags = [e for e in _events(text) if e[3] == "answer"]
-    for k in range(len(answer_tags) - 1, 0, -1):
-        close, opening = answer_tags[k], answer_tags[k - 1]
-        if close[2] and not opening[2]:
-            return _clean(text[opening[1] : close[0]]).strip()
-    return None
+    opened: int | None = None  # end of the open `<answer>`
+    last: tuple[int, int] | None = None
+    for start, end, closing, name in _events(text):
+        if name != "answer":
+            continue
+        if not closing and opened is None:
+            opened = end
+        elif closing and opened is not None:
+            last, opened = (opened, start), None
+    return None if last is None else _clean(text[last[0] : last[1]]).strip()

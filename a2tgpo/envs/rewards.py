@@ -1,15 +1,33 @@
 """Outcome rewards for search QA (spec "Rewards (search QA)").
 
-The answer is the content of the last complete `<answer>...</answer>` of the
-response (`parser.extract_answer`). Answers and golds are normalized as in the
-SQuAD v1.1 evaluation script (lowercase, drop punctuation, drop the articles
-a/an/the, collapse whitespace); EM and token F1 are the max over the golds.
+The answer is what Search-R1's scorer extracts (verl/utils/reward_score/qa_em.py:
+the last `<answer>(.*?)</answer>` match, `parser.extract_answer`). Answers and
+golds are normalized as in the SQuAD v1.1 evaluation script and Search-R1's
+`normalize_answer` (lowercase, drop punctuation, drop the articles a/an/the,
+collapse whitespace); EM (`em_check`) and token F1 are the max over the golds.
 Gold answers arrive joined by `<|answer_split|>` (verl / Search-R1 parquet) or
-as a list. A missing, malformed or empty answer scores `format_penalty` as the
+as a list. A missing, empty or nested answer scores `format_penalty` as the
 outcome, with EM = F1 = 0.
 
+Where we follow or leave Search-R1 / IGPO (verl/utils/reward_score/info_gain.py):
+- Search-R1 needs two matches, since its solution string includes the prompt,
+  whose instructions hold an example `<answer>`. We score the response only
+  (the agent's turns, `Episode.response_text`), so one match is an answer.
+- Nested tags: `<answer>a<answer>b</answer>` extracts "a<answer>b", as Search-R1
+  does, which its EM then fails (0). We call it malformed instead, which is the
+  same 0 at `format_penalty` 0 and IGPO's -2 under its setting (IGPO penalizes any
+  response whose `<answer>` and `</answer>` counts differ). This includes an
+  `<answer>` left unclosed in an earlier (invalid) turn: the regex pairs it with
+  the final turn's `</answer>`, in Search-R1 as here.
+- Blank gold entries (`"1999<|answer_split|>"`) are dropped, deliberately. Search-R1's
+  `em_check` would keep "" as a gold, which an empty answer, or one that normalizes
+  to "" ("the", "?"), matches for a full reward (IGPO's EM likewise matches an empty
+  answer; its F1 skips blank golds). Here an empty answer is malformed and a blank
+  gold matches nothing.
+
 Edge semantics follow SQuAD v1.1: two answers that both normalize to the empty
-string are an exact match (EM 1) but share no tokens (F1 0).
+string are an exact match (EM 1) but share no tokens (F1 0); golds like "A" (an
+option letter) normalize to "" that way.
 """
 
 from __future__ import annotations
@@ -24,6 +42,7 @@ from typing import Literal
 from a2tgpo.envs.parser import extract_answer
 
 ANSWER_SPLIT = "<|answer_split|>"
+_NESTED = "<answer>"  # inside an extracted answer only when tags were nested
 
 _PUNCT = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -52,8 +71,9 @@ def normalize_answer(s: str) -> str:
 def split_golds(golds: Golds) -> list[str]:
     """Gold answers as a list: a `<|answer_split|>`-joined string, or a list/array of them.
 
-    Blank entries are dropped. Raises ValueError when nothing is left, since a
-    reward against no gold is meaningless and would silently score 0. The dataset
+    Blank entries are dropped (see the module docstring: Search-R1 would keep them,
+    and an empty answer would match). Raises ValueError when nothing is left, since
+    a reward against no gold is meaningless and would silently score 0. The dataset
     loaders (a2tgpo.data.loaders) split golds with this function too.
     """
     items: Iterable[object] = [golds] if isinstance(golds, str | bytes) else golds
@@ -97,12 +117,16 @@ def score_response(
     metric: Literal["em", "f1"] = "em",
     format_penalty: float = 0.0,
 ) -> Reward:
-    """Score a whole response (all turns): outcome = EM or F1, or the penalty if ill-formed."""
+    """Score a whole response (all turns): outcome = EM or F1, or the penalty if ill-formed.
+
+    Ill-formed: no answer match, an empty one, or a nested one (its content holds an
+    `<answer>` tag). `Reward.answer` keeps what was extracted, for the logs.
+    """
     if metric not in ("em", "f1"):
         raise ValueError(f"metric must be 'em' or 'f1', got {metric!r}")
     gold_list = split_golds(golds)  # validate first: an empty gold is an error either way
     answer = extract_answer(response_text)
-    if not answer:
+    if not answer or _NESTED in answer:
         return Reward(float(format_penalty), 0.0, 0.0, answer, False)
     em = exact_match(answer, gold_list)
     f1 = f1_score(answer, gold_list)

@@ -160,6 +160,7 @@ class AgentLoop:
             max_tokens=min(self.config.max_turn_tokens, self._remaining(ep)),
             temperature=self.config.temperature,
             top_p=self.config.top_p,
+            top_k=self.config.top_k,
             seed=derive_seed(ep.seed, turn),
             stop=STOP_STRINGS,
             logprobs=True,

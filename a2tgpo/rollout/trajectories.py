@@ -7,8 +7,8 @@ The rollout and evaluate stages (`a2tgpo.stages`) commit them; the warm-start bu
 demonstrations through the same `trajectories_table`.
 
 Departure from the papers: the trajectory keeps the engine's own log-probs of its
-tokens (`rollout_logprobs`, unscaled model log-probs) so the trainer can log the
-engine/trainer mismatch per turn.
+tokens (`rollout_logprobs`, of the distribution `rollout.logprobs` names) so the
+trainer can log the engine/trainer mismatch per turn.
 """
 
 from __future__ import annotations

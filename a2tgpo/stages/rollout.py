@@ -5,8 +5,8 @@ with the agent loop on vLLM or HF (`a2tgpo.rollout.trajectories`), and commits t
 in the TRAJECTORIES schema. A committed output is never redone.
 
 Departure from the papers: the trajectory keeps the engine's own log-probs of its
-tokens (`rollout_logprobs`, unscaled model log-probs) so the trainer can log the
-engine/trainer mismatch per turn.
+tokens (`rollout_logprobs`, of the distribution `rollout.logprobs` names) so the
+trainer can log the engine/trainer mismatch per turn.
 """
 
 from __future__ import annotations

@@ -4,8 +4,12 @@ The loss is `a2tgpo.algo.policy_loss` on [sequences, tokens] views of each packe
 micro-batch, with the mini-batch's normalizer as `denominator`, so accumulating the
 micro-batches' gradients gives the mini-batch's loss exactly. DeepSpeed averages
 gradients over data-parallel ranks, so each rank's loss is multiplied by the world
-size. Log-probs are computed only at the positions that predict generated tokens
-, which keeps the vocabulary projection off prompt and tool tokens.
+size. Log-probs are computed only at the positions that predict generated tokens,
+which keeps the vocabulary projection off prompt and tool tokens. In the RL update,
+old, new and reference log-probs all come from logits divided by the same
+`temperature` (`a2tgpo.engines.options.trainer_temperature`), so the ratio, the KL
+and the entropy are of the distribution the rollout sampled from (verl's rule); the
+SFT warm-start is plain likelihood (temperature 1).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from a2tgpo.config import TrainConfig
 from a2tgpo.training.batching import MicroBatch, shard_for_rank, split_mini_batches
 
 
-def token_logprobs(model, mb: MicroBatch, *, with_entropy: bool = False):
-    """Log-probs (and entropies) of the generated tokens, as [rows, longest] tensors.
+def token_logprobs(model, mb: MicroBatch, *, with_entropy: bool = False, temperature: float = 1.0):
+    """Log-probs (and entropies) of the generated tokens under softmax(logits / temperature),
+    as [rows, longest] tensors.
 
     One forward through the model itself (a DeepSpeed engine or an HF model): ZeRO-3
     gathers parameters in module hooks, and every rank must run the same sequence of
@@ -45,6 +50,8 @@ def token_logprobs(model, mb: MicroBatch, *, with_entropy: bool = False):
         logits_to_keep=keep.to(device),
     )
     logits = out.logits[rows.to(device), slot.to(device)].float()
+    if temperature != 1.0:  # skipped at 1 so raw log-probs stay bit-identical
+        logits = logits / temperature
     log_probs = torch.log_softmax(logits, dim=-1)
     targets = mb.input_ids[rows, cols].to(device).unsqueeze(1)
     picked = log_probs.gather(1, targets).squeeze(1)
@@ -58,9 +65,13 @@ def token_logprobs(model, mb: MicroBatch, *, with_entropy: bool = False):
 
 
 @torch.no_grad()
-def frozen_logprobs(model, batches: list[MicroBatch]) -> dict[int, torch.Tensor]:
+def frozen_logprobs(
+    model, batches: list[MicroBatch], temperature: float = 1.0
+) -> dict[int, torch.Tensor]:
     """Log-probs under a model that does not change (old policy, reference), by batch id."""
-    return {id(mb): token_logprobs(model, mb)[0].detach() for mb in batches}
+    return {
+        id(mb): token_logprobs(model, mb, temperature=temperature)[0].detach() for mb in batches
+    }
 
 
 @dataclass
@@ -114,10 +125,20 @@ def mini_batch_denominator(group: list[MicroBatch], agg: str) -> float:
     return float(sum(int(s.mask.any()) for mb in group for s in mb.samples))
 
 
-def micro_batch_loss(engine, mb: MicroBatch, old, ref, train: TrainConfig, denominator: float):
+def micro_batch_loss(
+    engine,
+    mb: MicroBatch,
+    old,
+    ref,
+    train: TrainConfig,
+    denominator: float,
+    temperature: float = 1.0,
+):
     """The loss of one micro-batch (already divided by the mini-batch's denominator)."""
     device = next(engine.module.parameters()).device
-    logp, entropy = token_logprobs(engine, mb, with_entropy=train.entropy_coef > 0)
+    logp, entropy = token_logprobs(
+        engine, mb, with_entropy=train.entropy_coef > 0, temperature=temperature
+    )
     mask = mb.padded("mask", dtype=torch.bool).to(device)
     loss, stats = policy_loss(
         logp,
@@ -156,8 +177,13 @@ def run_update(
     train: TrainConfig,
     rank: int,
     world: int,
+    temperature: float = 1.0,
 ) -> UpdateStats:
-    """PPO epochs x mini-batches of optimizer steps; returns the update's statistics."""
+    """PPO epochs x mini-batches of optimizer steps; returns the update's statistics.
+
+    `temperature` divides the logits of the new log-probs; `old` and `ref` must have
+    been computed with the same one (`frozen_logprobs`).
+    """
     stats = UpdateStats()
     start = time.perf_counter()
     engine.train()
@@ -171,8 +197,9 @@ def run_update(
                 if mb is None:
                     loss = idle_pass(engine)
                 else:
+                    reference = ref[id(mb)] if ref else None
                     loss, loss_stats = micro_batch_loss(
-                        engine, mb, old[id(mb)], ref[id(mb)] if ref else None, train, denominator
+                        engine, mb, old[id(mb)], reference, train, denominator, temperature
                     )
                     stats.add(loss_stats)
                     step_loss += float(loss)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from a2tgpo.config import RunConfig, TrainConfig
 from a2tgpo.data.stage import read_stage
 from a2tgpo.data.storage import Storage
+from a2tgpo.engines.options import trainer_temperature
 from a2tgpo.training.batching import pack, samples_from_table, shard_for_rank, split_mini_batches
 from a2tgpo.training.engine import build_engine, init_distributed, load_policy, train_dtype
 from a2tgpo.training.export import export_hf
@@ -105,7 +106,7 @@ def plan_batches(job: TrainJob, train: TrainConfig, rank: int, world: int):
 
 
 @torch.no_grad()
-def old_logprobs(engine, owned) -> dict[int, torch.Tensor]:
+def old_logprobs(engine, owned, temperature: float = 1.0) -> dict[int, torch.Tensor]:
     """Log-probs under the pre-update policy for this rank's micro-batches (idle passes keep
     ZeRO-3 ranks in step)."""
     engine.eval()
@@ -114,12 +115,16 @@ def old_logprobs(engine, owned) -> dict[int, torch.Tensor]:
         if mb is None:
             idle_pass(engine)
         else:
-            out.update(frozen_logprobs(engine, [mb]))
+            out.update(frozen_logprobs(engine, [mb], temperature))
     return out
 
 
 def mismatch_stats(owned, old: dict[int, torch.Tensor]) -> dict[str, float]:
-    """Engine vs trainer log-probs of the generated tokens, per turn index (this rank)."""
+    """Engine vs trainer log-probs of the generated tokens, per turn index (this rank).
+
+    Both are of the same distribution unless `logprob_mismatch_warning` (logged at the
+    run's start) says otherwise: then the gap is partly by construction.
+    """
     sums: dict[str, list[float]] = {}
     for mb in owned:
         if mb is None:
@@ -176,13 +181,14 @@ def run(job: TrainJob) -> dict:
     if job.mode == "sft":
         stats, old = run_sft(engine, batches, train.ppo_epochs, rank, world, config.seed), {}
     else:
-        old = old_logprobs(engine, owned)
+        temperature = trainer_temperature(config.rollout)
+        old = old_logprobs(engine, owned, temperature)
         ref = None
         if train.kl_coef > 0:
             reference = load_policy(job.reference_dir or job.policy_dir, dtype).to(engine.device)
-            ref = frozen_logprobs(reference, [mb for mb in owned if mb is not None])
+            ref = frozen_logprobs(reference, [mb for mb in owned if mb is not None], temperature)
             del reference
-        stats = run_update(engine, batches, old, ref, train, rank, world)
+        stats = run_update(engine, batches, old, ref, train, rank, world, temperature)
     out = Path(job.out_dir)
     export_hf(engine.module, job.policy_dir, out / "hf", dtype=dtype, write=rank == 0)
     if job.mode == "rl":  # the warm-start's optimizer state (its own lr) must not leak into RL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -73,7 +74,9 @@ def test_bytes_and_bad_unicode_are_accepted() -> None:
         ("<search>q</search>\n<information>x</information>\n<answer> Teslin </answer>", "Teslin"),
         ("<answer>a</answer> then <answer>b</answer>", "b"),
         ("<answer>a</answer> then <answer>b", "a"),  # the last *complete* pair
-        ("<answer>a<answer>b</answer>", "b"),
+        ("<answer>a<answer>b</answer>", "a<answer>b"),  # Search-R1: nested tag is content
+        ("<answer>a<answer>b</answer><answer>c</answer>", "c"),
+        ("<answer>a</answer><answer>b<answer>c</answer>", "b<answer>c"),
         ("<answer>a</answer></answer>", "a"),
         ("<answer></answer>", ""),
         ("no answer", None),
@@ -84,6 +87,14 @@ def test_bytes_and_bad_unicode_are_accepted() -> None:
 def test_extract_answer(text: str, expected: str | None) -> None:
     assert extract_answer(text) == expected
     assert extract_answer(text.encode()) == expected
+    assert extract_answer(text) == _search_r1_extract(text)
+
+
+def _search_r1_extract(text: str) -> str | None:
+    """Search-R1's `extract_solution` (verl/utils/reward_score/qa_em.py) on a response
+    alone (one match suffices: no prompt example to skip), cleaned as ours is."""
+    matches = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
+    return parser._clean(matches[-1]).strip() if matches else None
 
 
 # ---- fuzzing ----------------------------------------------------------------------------
@@ -125,6 +136,12 @@ def test_tag_soup_never_raises(text: str) -> None:
     answer = extract_answer(text)
     if answer is not None:
         answer.encode("utf-8")
+
+
+@settings(max_examples=600, deadline=None)
+@given(tag_soup)
+def test_extract_answer_is_search_r1s_regex(text: str) -> None:
+    assert extract_answer(text) == _search_r1_extract(text)
 
 
 @settings(max_examples=200, deadline=None)

@@ -81,6 +81,38 @@ def test_missing_or_malformed_answer_gets_the_penalty(response: str) -> None:
     assert (r.outcome, r.em, r.f1, r.well_formed) == (-2.0, 0.0, 0.0, False)
 
 
+def test_blank_gold_entries_never_reward_an_empty_answer() -> None:
+    # Search-R1's em_check would keep "" as a gold: "<answer></answer>" and "the" (which
+    # normalizes to "") would then score 1. Blank entries are dropped instead.
+    golds = "1999<|answer_split|>"
+    assert split_golds(golds) == ["1999"]
+    assert score_response("<answer>1999</answer>", golds).em == 1.0
+    empty = score_response("<answer></answer>", golds, format_penalty=-1.0)
+    assert (empty.outcome, empty.em, empty.well_formed) == (-1.0, 0.0, False)
+    for blank_like in ("the", "?"):
+        r = score_response(f"<answer>{blank_like}</answer>", golds, metric="em")
+        assert (r.outcome, r.em, r.f1, r.well_formed) == (0.0, 0.0, 0.0, True)
+
+
+@pytest.mark.parametrize("metric", ["em", "f1"])
+def test_nested_answer_tags_are_malformed(metric: str) -> None:
+    # Search-R1 extracts "a<answer>b" and its EM fails it; IGPO penalizes unbalanced tags.
+    r = score_response("<answer>Denver<answer>Denver</answer>", "Denver", metric, -2.0)
+    assert (r.outcome, r.em, r.f1, r.well_formed) == (-2.0, 0.0, 0.0, False)
+    assert r.answer == "Denver<answer>Denver"
+    later = score_response("<answer>x<answer>y</answer> <answer>Denver</answer>", "Denver", metric)
+    assert (later.outcome, later.answer) == (1.0, "Denver")  # the last match is clean
+    # An answer left unclosed by an earlier turn swallows the final one, as in Search-R1.
+    turns = "<answer>Den" + "<think>retry</think><answer>Denver</answer>"
+    assert score_response(turns, "Denver", metric, -2.0).outcome == -2.0
+
+
+def test_one_answer_match_suffices() -> None:
+    # Search-R1 wants two matches (its solution string holds the prompt's example); we
+    # score the response alone.
+    assert score_response("<answer>Denver</answer>", "Denver").outcome == 1.0
+
+
 def test_score_response_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="no gold answers"):
         score_response("<answer>x</answer>", "")
