@@ -3,8 +3,9 @@
 No kubeconform or kubeval here (neither installs offline), so this checks in Python
 what a schema check and a review would catch: known kinds with their required fields,
 selectors that match their pods, references (Services -> ports, StatefulSets ->
-Services, RoleBindings -> Roles and ServiceAccounts, volumes -> ConfigMaps, env ->
-Secret keys) that resolve, container images pinned by tag, resource requests on every
+Services, RoleBindings -> Roles and ServiceAccounts, volumes -> ConfigMaps and
+PersistentVolumeClaims, env -> Secret keys, the presets' retriever URL -> the retriever
+Service) that resolve, container images pinned by tag, resource requests on every
 container, and credentials that reach pods only through secretKeyRef.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -22,6 +24,7 @@ KNOWN_KINDS = {
     ("v1", "ConfigMap"),
     ("v1", "Service"),
     ("v1", "ServiceAccount"),
+    ("v1", "PersistentVolumeClaim"),
     ("apps/v1", "Deployment"),
     ("apps/v1", "StatefulSet"),
     ("batch/v1", "Job"),
@@ -64,6 +67,9 @@ def test_expected_stack(k8s_objects):
         ("RoleBinding", "prefect-worker"),
         ("ServiceAccount", "a2tgpo-flow-run"),
         ("ConfigMap", "a2tgpo-runtime"),
+        ("Deployment", "retriever"),
+        ("Service", "retriever"),
+        ("PersistentVolumeClaim", "retriever-data"),
     } <= names
 
 
@@ -152,15 +158,24 @@ def test_rbac_references_resolve(k8s_objects):
     assert not any("secrets" in rule["resources"] for rule in worker_rules)
 
 
-def test_volumes_reference_existing_config_maps(k8s_objects):
+def test_volumes_reference_existing_config_maps_and_claims(k8s_objects):
     config_maps = by_kind(k8s_objects, "ConfigMap")
+    pvcs = by_kind(k8s_objects, "PersistentVolumeClaim")
+    for name, pvc in pvcs.items():
+        assert pvc["spec"]["accessModes"], name
+        assert pvc["spec"]["resources"]["requests"]["storage"], name
     for where, template in pod_templates(k8s_objects):
         volumes = template["spec"].get("volumes", [])
         for volume in volumes:
             if "configMap" in volume:
                 assert volume["configMap"]["name"] in config_maps, where
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in pvcs, where
+        spec = template["spec"]
         mounts = {
-            m["name"] for c in template["spec"]["containers"] for m in c.get("volumeMounts", [])
+            m["name"]
+            for c in spec.get("initContainers", []) + spec["containers"]
+            for m in c.get("volumeMounts", [])
         }
         claims = {
             claim["metadata"]["name"]
@@ -209,3 +224,36 @@ def test_config_maps_hold_no_credentials(k8s_objects):
     for name, config_map in by_kind(k8s_objects, "ConfigMap").items():
         for key in config_map.get("data", {}):
             assert not CREDENTIAL_NAME.search(key), f"ConfigMap {name}: {key}"
+
+
+def test_presets_reach_the_retriever_service(k8s_objects):
+    """Every preset that searches over HTTP at an in-cluster name finds that Service, on
+    that port, in front of `a2tgpo serve-retriever` listening on all interfaces there."""
+    from a2tgpo.presets import PRESETS, preset
+
+    urls = {preset(name).env.retriever_url for name in PRESETS}
+    urls = {urlsplit(url) for url in urls if url}
+    in_cluster = {url for url in urls if url.hostname and "." not in url.hostname}
+    assert in_cluster, "no preset points at the in-cluster retriever any more?"
+    services = by_kind(k8s_objects, "Service")
+    deployments = by_kind(k8s_objects, "Deployment")
+    for url in in_cluster:
+        assert url.path == "/retrieve", url.geturl()
+        service = services.get(url.hostname)
+        assert service, f"{url.geturl()}: no Service {url.hostname}"
+        port = next(p for p in service["spec"]["ports"] if p["port"] == url.port)
+        pods = [
+            d["spec"]["template"]
+            for d in deployments.values()
+            if service["spec"]["selector"].items()
+            <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        containers = [c for pod in pods for c in pod["spec"]["containers"]]
+        assert containers, f"Service {url.hostname} selects no Deployment"
+        for container in containers:
+            args = container.get("command", []) + container.get("args", [])
+            assert "serve-retriever" in args and "--host=0.0.0.0" in args
+            named = {p.get("name"): p["containerPort"] for p in container["ports"]}
+            assert f"--port={named[port['targetPort']]}" in args
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert container[probe]["httpGet"]["path"] == "/health", probe
