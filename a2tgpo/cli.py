@@ -17,6 +17,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+import a2tgpo.cli_retriever  # registers serve-retriever
 import a2tgpo.cli_stages
 import a2tgpo.cli_sweep  # noqa: F401  (registers sweep and compare)
 from a2tgpo.cli_common import (
@@ -71,12 +72,36 @@ def evaluate(
     policy: str = typer.Option(
         "", help="Policy URI; empty = newest checkpoint.", callback=_local_uri
     ),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead."),
 ) -> None:
-    """Run the evaluation flow: EM / F1 per data source, greedy and sampled."""
+    """Run the evaluation flow: EM / F1 per data source, greedy and sampled (the
+    seven-benchmark table on a search-QA file)."""
     from flows.evaluate import evaluate_flow
 
     cfg = load_config(preset, config, set_)
-    console.print_json(json.dumps(evaluate_flow(config=cfg, policy_uri=policy), default=str))
+    result = evaluate_flow(config=cfg, policy_uri=policy)
+    if as_json:
+        console.print_json(json.dumps(result, default=str))
+        return
+    console.print(benchmark_table(result["results"], title=f"policy {result['policy']}"))
+
+
+def benchmark_table(results: dict[str, Any], title: str = "") -> Table:
+    """EM / F1 per benchmark in the papers' column order (a2tgpo.analysis.benchmarks)."""
+    from a2tgpo.analysis.benchmarks import benchmark_rows
+
+    rows = benchmark_rows(results)
+    names = list(dict.fromkeys(k for row in rows for k in row if k not in ("mode", "metric")))
+    table = Table(title=title, show_edge=False)
+    for name in ("mode", "metric", *names):
+        table.add_column(name, justify="left" if name in ("mode", "metric") else "right")
+    for row in rows:
+        cells = [row.get(n) for n in names]
+        shown = [
+            f"{c:.3f}" if isinstance(c, float) else "-" if c is None else str(c) for c in cells
+        ]
+        table.add_row(row["mode"], row["metric"], *shown)
+    return table
 
 
 @app.command("show-config")

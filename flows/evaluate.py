@@ -6,7 +6,9 @@ datasets under `{run}/evaluations/v<version>/`, logs the numbers to an MLflow ru
 its own (tagged with the flow-run id) and a Prefect table artifact.
 
     a2tgpo evaluate                                     # newest checkpoint of the default run
-    a2tgpo evaluate --set env.kind=search_qa --set env.eval_dataset=.../test.parquet ...
+    a2tgpo evaluate --set env.kind=search_qa --set env.eval_dataset=.../test.parquet \\
+        --set eval.prompts_per_source=100 --set env.retriever=http \\
+        --set env.retriever_url=http://127.0.0.1:8000/retrieve   # the seven-benchmark table
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from a2tgpo.config import RunConfig
+from a2tgpo.data.stage import read_manifest
 from a2tgpo.layout import RunLayout
 from a2tgpo.presets import resolve_config
 from a2tgpo.rollout.session import EngineSession
@@ -33,7 +36,8 @@ def evaluate_flow(
     policy_uri: str = "",
     config: RunConfig | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a policy (default: the run's newest checkpoint); returns EM/F1 per source."""
+    """Evaluate a policy (default: the run's newest checkpoint); returns EM / F1 per data
+    source by mode (`results`), the policy's URI and its version."""
     disable_mlflow_telemetry()
     config = resolve_config(preset, overrides, config)
     layout = RunLayout.of(config)
@@ -41,6 +45,12 @@ def evaluate_flow(
     version = 0
     if not policy_uri:
         policy_uri, version = layout.latest_policy(config)
+        if version == 0 and config.warmstart.enabled and not committed(layout, policy_uri):
+            raise ValueError(
+                f"run {config.run_id!r} has no checkpoint yet (not even its warm-start): "
+                "train it first, pass --policy, or set warmstart.enabled=false to evaluate "
+                "the initial model"
+            )
     plan = STAGES["evaluate"].plan(config, version - 1)
     plan = plan.override(
         policy=policy_uri, out=layout.uri("evaluations", f"v{version:05d}", "eval")
@@ -56,9 +66,14 @@ def evaluate_flow(
         reporter.evaluation(version, results, seconds)
         tracker.set_tag("a2tgpo.policy_uri", policy_uri)
         status = "FINISHED"
-        return {mode: m.stats["by_source"] for mode, m in results.items()} | {"policy": policy_uri}
+        by_source = {mode: m.stats["by_source"] for mode, m in results.items()}
+        return {"results": by_source, "policy": policy_uri, "version": version}
     finally:
         tracker.finish(status)
+
+
+def committed(layout: RunLayout, uri: str) -> bool:
+    return read_manifest(layout.storage, uri) is not None
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from a2tgpo.analysis.benchmarks import average_metrics, benchmark_rows
 from a2tgpo.config import RunConfig
 from a2tgpo.data.manifest import Manifest
 from a2tgpo.stages.contract import INITIAL
@@ -100,12 +101,11 @@ class Reporter:
         initial = k == INITIAL
         prefix = "eval_initial" if initial else "eval"
         metrics = {f"time/{prefix}_s": seconds}
-        table = []
         for mode, manifest in manifests.items():
             metrics |= rollout_metrics(manifest.stats, prefix=f"{prefix}/{mode}/")
-            for source, m in manifest.stats["by_source"].items():
-                table.append({"mode": mode, "data_source": source, **m})
+            metrics |= average_metrics(manifest.stats["by_source"], prefix=f"{prefix}/{mode}/")
         self.tracker.log_metrics(metrics, step=0 if initial else k)
+        table = benchmark_rows({mode: m.stats["by_source"] for mode, m in manifests.items()})
         held_out = {f"eval_{mode}_em": m.stats["em_mean"] for mode, m in manifests.items()}
         if initial or not self.summary:
             self.summary.append({"iteration": "start" if initial else k, **held_out})
@@ -115,7 +115,8 @@ class Reporter:
         create_table_artifact(
             key=_key(self.config, "eval", "initial" if initial else f"{k:05d}"),
             table=table,
-            description=f"Evaluation {what}: EM / F1 per data source",
+            description=f"Evaluation {what}: EM / F1 per data source (benchmarks in the "
+            "papers' order, then the single-hop and multi-hop averages)",
         )
         self.step_done()
 
