@@ -15,6 +15,7 @@ import torch
 from a2tgpo.config import IGConfig, RunConfig, StorageConfig
 from a2tgpo.data.stage import read_manifest, read_stage, write_stage
 from a2tgpo.data.storage import Storage
+from a2tgpo.envs.prompting import resolved_ig
 from a2tgpo.scoring.naive import NaiveScorer
 from a2tgpo.scoring.packed import PackedScorer
 from a2tgpo.scoring.probes import probe_tokens
@@ -44,7 +45,9 @@ def reference_v(model, tokenizer, tokens: list[int], boundary: int, gold: str) -
 
 @pytest.mark.parametrize("mode", ["prob_diff", "log_prob_diff"])
 def test_ig_is_f_of_next_v_minus_f_of_v(hf_model, tokenizer, table, mode):
-    scored = score_trajectories(table, PackedScorer(hf_model), tokenizer, IGConfig(mode=mode))
+    scored = score_trajectories(
+        table, PackedScorer(hf_model), tokenizer, IGConfig(mode=mode, answer_prefix=ANSWER_PREFIX)
+    )
     assert scored.schema.metadata[b"a2tgpo.schema"] == b"scored"
     f = F[mode]
     for row in scored.to_pylist():
@@ -68,7 +71,9 @@ def test_no_gold_and_probes_past_the_limit_give_no_ig(hf_model, tokenizer, table
     scorer = NaiveScorer(hf_model, max_positions=limit)
     scored = {
         r["trajectory_id"]: r
-        for r in score_trajectories(table, scorer, tokenizer, IGConfig()).to_pylist()
+        for r in score_trajectories(
+            table, scorer, tokenizer, IGConfig(answer_prefix=ANSWER_PREFIX)
+        ).to_pylist()
     }
     v = [t["v"] for t in scored["q1/0"]["turns"]]
     ig = [t["ig"] for t in scored["q1/0"]["turns"]]
@@ -89,7 +94,7 @@ def test_score_ig_stage_on_a_local_store(hf_model, tokenizer, table, tiny_model_
         config, trajectories_uri=source, policy_uri=str(tiny_model_dir), out_uri=out
     )
     scored = read_stage(storage, out, "scored")
-    want = score_trajectories(table, PackedScorer(hf_model), tokenizer, config.ig)
+    want = score_trajectories(table, PackedScorer(hf_model), tokenizer, resolved_ig(config))
     assert scored.column("trajectory_id").to_pylist() == table.column("trajectory_id").to_pylist()
     for got_turns, want_turns in zip(
         scored.column("turns").to_pylist(), want.column("turns").to_pylist(), strict=True

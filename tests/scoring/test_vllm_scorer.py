@@ -15,7 +15,7 @@ import pytest
 from a2tgpo.config import IGConfig, RunConfig, StorageConfig
 from a2tgpo.data.stage import read_stage, write_stage
 from a2tgpo.data.storage import Storage
-from a2tgpo.envs.prompting import resolved_ig
+from a2tgpo.envs.prompting import COMPACT, resolved_ig
 from a2tgpo.rollout.session import EngineSession
 from a2tgpo.scoring.naive import NaiveScorer
 from a2tgpo.scoring.packed import PackedScorer
@@ -77,7 +77,7 @@ def test_scorers_equal_naive_on_edge_cases(hf_model, vllm_engine, tokenizer):
 @pytest.mark.parametrize("multi_gold", ["first", "max"])
 def test_multi_gold_through_score_trajectories(hf_model, vllm_engine, tokenizer, multi_gold):
     table = trajectories_table(tokenizer)
-    ig = IGConfig(multi_gold=multi_gold)
+    ig = IGConfig(multi_gold=multi_gold, answer_prefix=COMPACT.answer_prefix)
     scorers = all_scorers(hf_model, vllm_engine)
     scored = {
         name: score_trajectories(table, scorers[name], tokenizer, ig)
