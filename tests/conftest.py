@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,3 +146,31 @@ def storage_config(request: pytest.FixtureRequest, tmp_path) -> StorageConfig:
         endpoint_url=request.getfixturevalue("s3_endpoint"),
         region=REGION,
     )
+
+
+# --- the flow suites' fixtures (tests/flows, tests/faults) ----------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty MLflow sqlite store (creating one takes ~6 s: copy it per test)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "template.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(mlflow_template: Path, tmp_path: Path) -> str:
+    db = tmp_path / "mlflow.db"
+    shutil.copy(mlflow_template, db)
+    return f"sqlite:///{db}"

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from a2tgpo.data.errors import NotCommitted
 from a2tgpo.data.manifest import MANIFEST_NAME, Manifest
 from a2tgpo.data.storage import Storage
+from a2tgpo.faults import failpoint, uri_tail
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def commit(storage: Storage, uri: str, manifest: Manifest, own_entries: Iterable
     sweeps all other entries.
     """
     own = set(own_entries)
+    failpoint(f"before-commit:{uri_tail(uri)}")
     if storage.put_if_absent(manifest_uri(storage, uri), manifest.to_json()):
         log.info("committed %s (%d files, attempt %s)", uri, len(manifest.files), manifest.attempt)
         sweep(storage, uri, keep=own | {MANIFEST_NAME})

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from a2tgpo.config import RunConfig
+from a2tgpo.faults import failpoint
 from a2tgpo.layout import RunLayout
 from a2tgpo.rollout.session import EngineSession
 from a2tgpo.seeds import derive_seed, numpy_seed
@@ -92,6 +93,7 @@ class Stage:
         stream: bool = False,
     ):
         """Run the stage on a plan; a committed output is returned as is (resume)."""
+        failpoint(f"stage-start:{self.name}:{'-' if plan.iteration is None else plan.iteration}")
         kwargs = {f"{role}_uri": uri for role, uri in (plan.inputs | plan.outputs).items()}
         extra = {"seed": plan.seed, "policy_version": plan.policy_version}
         extra |= {"session": session, "stream": stream, **plan.params}

@@ -1,0 +1,129 @@
+"""Kill the training flow at each stage boundary and in the middle of each stage, rerun
+it, and compare every final dataset row for row, and the final weights, with one
+uninterrupted run.
+
+One chain of processes: each run dies at the next failpoint (`a2tgpo/faults.py`:
+SIGKILL of the flow's process, then of its process group, as when a pod is lost) and
+the next run resumes from what is committed. The HF engine keeps each restart cheap;
+the commit protocol under test is the same for every engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from a2tgpo.config import RunConfig
+from a2tgpo.data.checkpoints import local_policy
+from a2tgpo.data.stage import read_manifest, read_stage
+from a2tgpo.faults import ENV
+from a2tgpo.layout import RunLayout
+from a2tgpo.presets import resolve_config
+from flows.train import train_flow
+from tests.flows.conftest import TINY_RUN
+
+pytestmark = pytest.mark.slow
+
+# Boundaries (stage-start) and middles (before-commit: every file written, no manifest).
+FAILPOINTS = [
+    "stage-start:warmstart:-",
+    "before-commit:iter=00000/trajectories",
+    "stage-start:score-ig:0",
+    "before-commit:iter=00000/scored",
+    "before-commit:iter=00000/advantaged",
+    "stage-start:train-step:0",
+    "before-commit:iter=00000/checkpoint",
+    "before-commit:iter=00000/eval-greedy",
+    "stage-start:rollout:1",
+]
+DATASETS = ("prompts", "trajectories", "scored", "advantaged", "eval-greedy", "eval-sampled")
+RUN_TIMEOUT_S = 900
+
+
+def tiny_local_config(root: Path, mlflow_uri: str, run_id: str) -> RunConfig:
+    return resolve_config(
+        "embedded",
+        [
+            *TINY_RUN,
+            "rollout.engine=hf",
+            f"storage.root={root}",
+            f"tracking.mlflow_uri={mlflow_uri}",
+            f"run_id={run_id}",
+        ],
+    )
+
+
+def run_until_killed(config: RunConfig, failpoint: str, folder: Path) -> str:
+    """The flow in a subprocess that dies at `failpoint`; returns its log."""
+    from prefect.settings import PREFECT_API_URL
+
+    spec = folder / f"{failpoint.replace(':', '_').replace('/', '_')}.json"
+    spec.write_text(config.model_dump_json())
+    log_path = spec.with_suffix(".log")
+    code = (
+        "from a2tgpo.config import RunConfig; from flows.train import train_flow; "
+        f"train_flow(config=RunConfig.model_validate_json(open({str(spec)!r}).read()))"
+    )
+    # the test harness's Prefect server: no ephemeral server start per process
+    env = {**os.environ, ENV: failpoint, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            code = process.wait(timeout=RUN_TIMEOUT_S)
+        finally:
+            _kill_group(process.pid)  # what the dead process left behind (engines, workers)
+    text = log_path.read_text(errors="replace")
+    assert code == -signal.SIGKILL, f"run did not die at {failpoint} (exit {code}):\n{text[-6000:]}"
+    assert f"failpoint {failpoint}" in text, text[-6000:]
+    return text
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def test_killed_at_every_boundary_and_middle_resumes_to_the_same_run(
+    prefect_harness, mlflow_uri, tmp_path
+):
+    reference = tiny_local_config(tmp_path / "store", mlflow_uri, "reference")
+    crashy = tiny_local_config(tmp_path / "store", mlflow_uri, "crashy")
+    train_flow(config=reference)
+
+    layout = RunLayout.of(crashy)
+    for failpoint in FAILPOINTS:
+        run_until_killed(crashy, failpoint, tmp_path)
+    train_flow(config=crashy)  # the last run: no failpoint, completes
+
+    ref = RunLayout.of(reference)
+    for k in range(crashy.iterations):
+        for stage in DATASETS:
+            ours = read_stage(layout.storage, layout.stage(k, stage))
+            theirs = read_stage(ref.storage, ref.stage(k, stage))
+            assert ours.equals(theirs), f"iteration {k} {stage} differs from the uninterrupted run"
+            manifest = read_manifest(layout.storage, layout.stage(k, stage))
+            assert manifest.num_rows == ours.num_rows
+            leftovers = set(layout.storage.list(layout.stage(k, stage)))
+            assert leftovers == {"manifest.json", *(f.path for f in manifest.files)}
+    last = crashy.iterations - 1
+    ours = AutoModelForCausalLM.from_pretrained(
+        local_policy(layout.storage, layout.stage(last, "checkpoint"))
+    )
+    theirs = AutoModelForCausalLM.from_pretrained(
+        local_policy(ref.storage, ref.stage(last, "checkpoint"))
+    )
+    for (name, a), (_, b) in zip(
+        ours.state_dict().items(), theirs.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
