@@ -152,3 +152,28 @@ def test_prefect_deploy_all(prefect_server):
         ]
     # The file was deployed as written: no `prefect deploy` prompt rewrote it.
     assert yaml.safe_load(PREFECT_YAML.read_text())["deployments"] == expected
+
+
+def documented_deploy_names() -> list[str]:
+    """Every `--name X` that infra/README.md and the prefect.yaml header tell users to run."""
+    import re
+
+    texts = [(ROOT / "infra" / "README.md").read_text(), PREFECT_YAML.read_text()]
+    return sorted({m for text in texts for m in re.findall(r"--name\s+(\S+)", text)})
+
+
+@pytest.mark.slow
+def test_the_documented_deploy_commands_work(prefect_server):
+    _, env = prefect_server
+    for pool in (LOCAL_POOL, K8S_POOL):  # as test_prefect_deploy_all leaves them, or new
+        args = ["work-pool", "create", pool, "--type", "process", "--overwrite"]
+        if pool == K8S_POOL:
+            args[4:5] = ["kubernetes", "--base-job-template", str(JOB_TEMPLATE.relative_to(ROOT))]
+        prefect_cli(env, *args)
+    names = documented_deploy_names()
+    assert {"train_flow/local", "train_flow/gpu", "evaluate_flow/gpu-nightly"} <= set(names)
+    for name in names:  # Prefect matches the entrypoint's function name, not the flow name
+        prefect_cli(
+            env, "--no-prompt", "deploy", "--prefect-file", str(PREFECT_YAML.relative_to(ROOT)),
+            "--name", name,
+        )  # fmt: skip
