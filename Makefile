@@ -43,9 +43,15 @@ install: $(STAMP)
 # ./runs, MLflow sqlite, an ephemeral Prefect server whose database lives in runs/.prefect).
 RUN_ID ?= default
 ARGS ?=
+# Prefect's temporary server gets 180 s to start (its own default, 20 s, is too short on a
+# busy machine) and sends no telemetry; either can be set in the environment instead.
+PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
+PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 run: $(STAMP)
 	@mkdir -p runs
-	PREFECT_HOME=$(CURDIR)/runs/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_HOME=$(CURDIR)/runs/.prefect \
+	  PREFECT_SERVER_ANALYTICS_ENABLED=$(PREFECT_SERVER_ANALYTICS_ENABLED) \
+	  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS) \
 	  VLLM_LOGGING_LEVEL=WARNING $(VENV)/bin/a2tgpo train --set run_id=$(RUN_ID) $(ARGS)
 
 lint: $(STAMP)

@@ -8,24 +8,34 @@ here: they come from the environment (see `StorageConfig`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from a2tgpo.config_rules import check_run_id, check_storage_root, refuse_credentials, takes_text
 
 if TYPE_CHECKING:  # only for the annotation: a2tgpo.algo imports torch
     from a2tgpo.algo import EstimatorSettings
 
 
+# Value rules (a2tgpo/config_rules.py): checked when a config is built or assigned, so a
+# credential or an escaping run id never reaches Prefect, MLflow or storage.
+UrlStr = Annotated[str, AfterValidator(refuse_credentials)]  # any URL or URI field
+StorageRoot = Annotated[str, AfterValidator(check_storage_root)]
+RunId = Annotated[str, AfterValidator(check_run_id)]
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # hide_input_in_errors: a refused value may be a credential; errors name the field only.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
 
 class StorageConfig(_Section):
-    root: str = Field(
+    root: StorageRoot = Field(
         "runs",
         description="Where stage datasets and checkpoints live: a local folder or s3://bucket/prefix.",
     )
-    endpoint_url: str | None = Field(
+    endpoint_url: UrlStr | None = Field(
         None,
         description="S3 endpoint (MinIO, moto, ...). None = AWS default. Credentials come from "
         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment, never from config.",
@@ -37,7 +47,7 @@ class StorageConfig(_Section):
 
 
 class ModelConfig(_Section):
-    policy: str = Field(
+    policy: UrlStr = Field(
         "",
         description="Initial policy: an HF model folder or id. Empty = build the project's tiny "
         "model under {storage.root}/{run_id}/model-init (make-tiny-model).",
@@ -102,23 +112,46 @@ class EnvConfig(_Section):
         "the user message) are left alone. The same template prompts the synthetic world, the "
         "warm-start demonstrations and sets the IG answer prefix (a2tgpo/envs/prompting.py).",
     )
-    dataset: str = Field(
+    dataset: UrlStr = Field(
         "", description="search_qa: training prompts file (verl parquet or FlashRAG jsonl/parquet)."
     )
-    eval_dataset: str = Field("", description="search_qa: held-out prompts file.")
+    eval_dataset: UrlStr = Field("", description="search_qa: held-out prompts file.")
     retriever: Literal["bm25", "http"] = Field(
         "bm25",
         description="bm25: local bm25s index over `corpus`. http: a Search-R1 retrieval server.",
     )
-    corpus: str = Field(
+    corpus: UrlStr = Field(
         "",
         description="bm25 over search_qa: a jsonl of passages ({'contents': ...} or {'text': ...}).",
     )
-    retriever_url: str = Field("", description="http: the server's /retrieve URL.")
+    retriever_url: UrlStr = Field("", description="http: the server's /retrieve URL.")
     topk: int = Field(3, ge=1, description="Passages per search.")
-    retriever_timeout_s: float = Field(10.0, gt=0, description="http: per-request timeout.")
+    retriever_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="http: total deadline of one request (connect, headers and body together).",
+    )
     retriever_retries: int = Field(
         3, ge=0, description="http: retries with backoff before a tool error."
+    )
+    retriever_max_response_bytes: int = Field(
+        16 * 2**20,
+        ge=1024,
+        description="http: largest response body read (decoded); a larger one is a retried "
+        "tool error ('response too large').",
+    )
+    max_question_chars: int = Field(
+        16_384,
+        ge=1,
+        description="search_qa: longest question a dataset row may hold, in characters "
+        "(FlashRAG's `question`, or all messages of a verl `prompt` together). A longer row "
+        "is a bad row: a loader error naming it, checked before anything is tokenized.",
+    )
+    max_gold_chars: int = Field(
+        131_072,
+        ge=1,
+        description="search_qa: most characters of a row's gold answers together (TriviaQA's "
+        "alias lists reach ~42k). A longer row is a bad row, like an over-long question.",
     )
 
 
@@ -312,8 +345,10 @@ class EvalConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    mlflow_uri: str = Field(
-        "", description="MLflow tracking URI; empty = sqlite:///{storage.root}/mlflow.db (local)."
+    mlflow_uri: UrlStr = Field(
+        "",
+        description="MLflow tracking URI; empty = sqlite:///{storage.root}/mlflow.db for a local "
+        "store, $A2TGPO_CACHE/mlflow/mlflow.db (default ~/.cache/a2tgpo) for an s3:// store.",
     )
     experiment: str = Field(
         "",
@@ -331,7 +366,10 @@ class TrackingConfig(_Section):
 
 
 class RunConfig(_Section):
-    run_id: str = Field("default", description="Name of the run folder under storage.root.")
+    run_id: RunId = Field(
+        "default",
+        description="Name of the run folder under storage.root: letters, digits, '.', '_', '-'.",
+    )
     preset: str = Field("a2tgpo", description="Name of the preset this config came from.")
     seed: int = Field(0, description="Global seed.")
     iterations: int = Field(
@@ -355,7 +393,8 @@ class RunConfig(_Section):
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply `key.sub=value` overrides; values parse as JSON when they can, else as strings."""
+    """Apply `key.sub=value` overrides; values parse as JSON when they can, else as strings
+    (a text field keeps the text as typed: `run_id=123` is the string "123")."""
     import json
 
     data: dict[str, Any] = config.model_dump()
@@ -375,6 +414,8 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             node = node[part]
         if parts[-1] not in node:
             raise ValueError(f"override {key!r}: unknown field {parts[-1]!r}")
+        if value is not None and not isinstance(value, str) and takes_text(RunConfig, parts):
+            value = raw
         node[parts[-1]] = value
     return RunConfig.model_validate(data)
 

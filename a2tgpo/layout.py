@@ -19,15 +19,22 @@ import json
 from dataclasses import dataclass
 
 from a2tgpo.config import RunConfig, flatten
+from a2tgpo.config_rules import check_run_id
 from a2tgpo.data.stage import read_manifest
 from a2tgpo.data.storage import Storage
 from a2tgpo.envs.prompting import answer_prefix
+from a2tgpo.errors import RunConflict
 
 
 @dataclass(frozen=True)
 class RunLayout:
     storage: Storage
     run_id: str
+
+    def __post_init__(self) -> None:
+        # The config checks run_id already; a copy made with model_copy(update=...) is not
+        # validated, and every URI of the run starts with this folder name.
+        check_run_id(self.run_id)
 
     @classmethod
     def of(cls, config: RunConfig) -> RunLayout:
@@ -101,7 +108,7 @@ def pin_run_config(config: RunConfig, layout: RunLayout) -> None:
     changed = sorted(k for k in keys if ours.get(k) != pinned.get(k))
     if changed:
         shown = ", ".join(f"{k}: {pinned.get(k)!r} -> {ours.get(k)!r}" for k in changed[:8])
-        raise ValueError(
+        raise RunConflict(
             f"run {config.run_id!r} was started with other settings ({shown}); "
             "resume it with its own config, or give this one a new run_id"
         )

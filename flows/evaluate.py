@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 
 from a2tgpo.config import RunConfig
 from a2tgpo.data.stage import read_manifest
+from a2tgpo.errors import InputError
 from a2tgpo.layout import RunLayout
 from a2tgpo.presets import resolve_config
 from a2tgpo.rollout.session import EngineSession
@@ -46,7 +47,7 @@ def evaluate_flow(
     if not policy_uri:
         policy_uri, version = layout.latest_policy(config)
         if version == 0 and config.warmstart.enabled and not committed(layout, policy_uri):
-            raise ValueError(
+            raise InputError(
                 f"run {config.run_id!r} has no checkpoint yet (not even its warm-start): "
                 "train it first, pass --policy, or set warmstart.enabled=false to evaluate "
                 "the initial model"

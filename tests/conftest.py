@@ -155,7 +155,8 @@ def storage_config(request: pytest.FixtureRequest, tmp_path) -> StorageConfig:
 def prefect_harness() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # a loaded machine starts Prefect's server slowly: 180 s, not the harness's 30 s
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 

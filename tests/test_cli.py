@@ -40,6 +40,24 @@ def test_show_config_applies_presets_and_overrides(tmp_path: Path):
     assert config["iterations"] == 4 and config["train"]["learning_rate"] == 0.01
 
 
+def test_a_config_file_is_merged_on_top_of_the_preset(tmp_path: Path):
+    """`--config partial.yaml --preset grpo`: the preset's tree, the file's values on top,
+    then --set (the preset used to be ignored silently)."""
+    file = tmp_path / "partial.yaml"
+    file.write_text("rollout:\n  group_size: 3\ntrain:\n  learning_rate: 0.01\n")
+    args = ["show-config", "--preset", "grpo", "--config", str(file)]
+    result = runner.invoke(app, [*args, "--set", "train.ppo_epochs=2", "--set", "run_id=123"])
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.output)
+    assert config["estimator"]["name"] == "grpo" and config["preset"] == "grpo"
+    assert config["rollout"]["group_size"] == 3 and config["train"]["learning_rate"] == 0.01
+    assert config["train"]["ppo_epochs"] == 2 and config["run_id"] == "123"
+    full = tmp_path / "full.json"  # a full tree (show-config's output) is itself again
+    full.write_text(result.output)
+    again = runner.invoke(app, ["show-config", "--preset", "a2tgpo", "--config", str(full)])
+    assert json.loads(again.output) == config
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -58,8 +76,8 @@ def test_bad_config_input_is_one_clear_error(args, message):
 def test_a_missing_input_stage_is_one_line_not_a_traceback(tmp_path: Path):
     result = console_script("advantages", "--scored", "missing", "--out", "out", cwd=tmp_path)
     assert result.returncode == 2
-    text = " ".join(result.stdout.split())
-    assert f"stage {tmp_path / 'missing'} is not committed" in text
+    last = result.stderr.splitlines()[-1]  # errors go to stderr, on one line
+    assert last == f"error: stage {tmp_path / 'missing'} is not committed (no manifest.json)"
     assert "Traceback" not in result.stdout + result.stderr
 
 

@@ -48,3 +48,15 @@ def test_a_run_pinned_before_a_setting_existed_resumes(tmp_path: Path):
     )
     with pytest.raises(ValueError, match="prompt_template"):
         pin_run_config(changed, RunLayout.of(changed))
+
+
+def test_a_numeric_run_id_pins_and_a_clash_is_an_input_error(tmp_path: Path):
+    """`--set run_id=123` is the run "123"; a clash is an InputError: one line in the CLI."""
+    from a2tgpo.errors import InputError
+
+    config = resolve_config("a2tgpo", [f"storage.root={tmp_path}", "run_id=123"])
+    pin_run_config(config, RunLayout.of(config))
+    assert (tmp_path / "123" / "run-config.json").is_file()
+    grpo = resolve_config("grpo", [f"storage.root={tmp_path}", "run_id=123"])
+    with pytest.raises(InputError, match="new run_id"):
+        pin_run_config(grpo, RunLayout.of(grpo))

@@ -30,6 +30,8 @@ import fsspec
 import pyarrow.fs as pafs
 
 from a2tgpo.config import StorageConfig
+from a2tgpo.config_rules import check_storage_root, refuse_credentials
+from a2tgpo.errors import UnsafeValue
 
 BulkBackend = Literal["arrow", "fsspec"]
 
@@ -41,27 +43,17 @@ BulkBackend = Literal["arrow", "fsspec"]
 # 87-136 / 127-288; Parquet encode / decode dominates); arrow keeps Python off the path.
 BULK_DEFAULT: dict[str, BulkBackend] = {"file": "arrow", "s3": "fsspec"}
 
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
-
-
-def _check_no_userinfo(url: str, what: str) -> None:
-    # s3://KEY:SECRET@bucket would carry credentials through every URI, log line and
-    # manifest; refuse it without echoing the value. (Secrets may hold "/", so a URL
-    # parser would not find the "@" in the netloc: look for it anywhere.)
-    if "@" in url:
-        raise ValueError(f"{what} must not embed credentials; use AWS_* environment variables")
-    if url.startswith("s3://") and not _BUCKET.match(url[len("s3://") :].split("/", 1)[0]):
-        raise ValueError(f"{what} does not start with a valid S3 bucket name")
 
 
 class Storage:
     """A store rooted at `config.root` (local folder or s3://bucket/prefix)."""
 
     def __init__(self, config: StorageConfig, *, bulk: BulkBackend | Literal["auto"] = "auto"):
-        _check_no_userinfo(config.root, "storage.root")
-        if config.endpoint_url:
-            _check_no_userinfo(config.endpoint_url, "storage.endpoint_url")
+        # The config refuses these already; checked again for a config built without
+        # validation (model_construct, model_copy(update=...)).
+        check_storage_root(config.root)
+        refuse_credentials(config.endpoint_url)
         self.config = config
         root = config.root
         if root.startswith("s3://"):
@@ -139,11 +131,14 @@ class Storage:
     # ---- paths -------------------------------------------------------------------
 
     def join(self, *parts: str) -> str:
-        """A URI: parts joined onto the root, or onto the first part if it is a URI."""
+        """A URI: parts joined onto the root, or onto the first part if it is a URI.
+        A '..' segment is refused: a joined URI never leaves its base."""
         if parts and self._is_uri(parts[0]):
             base, rest = parts[0].rstrip("/"), parts[1:]
         else:
             base, rest = self.root, parts
+        if any(segment == ".." for part in rest for segment in part.split("/")):
+            raise UnsafeValue(f"path parts {list(rest)!r} hold '..': a URI may not leave its base")
         tail = "/".join(p.strip("/") for p in rest if p.strip("/"))
         return f"{base}/{tail}" if tail else base
 

@@ -76,3 +76,65 @@ def test_credentials_never_leak(s3_endpoint, monkeypatch, caplog, tmp_path):
     # botocore's DEBUG lines carry the key id inside the signed Authorization header;
     # the secret itself never leaves the process (SigV4 signs with a derived key).
     assert SECRET not in caplog.text
+
+
+@pytest.fixture
+def redacting_logs():
+    """The CLI's redaction, installed for one test (it is process-wide)."""
+    from a2tgpo.cli_common import install_secret_redaction
+
+    previous = logging.getLogRecordFactory()
+    install_secret_redaction()
+    yield
+    logging.setLogRecordFactory(previous)
+
+
+def test_every_log_record_is_redacted(redacting_logs, monkeypatch, caplog):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "FwoGZXIvYXdzSESSIONTOKEN0042")
+    caplog.set_level(logging.DEBUG)
+    # a CLI test may have quieted botocore (NOISY_LOGGERS): this test needs its DEBUG lines
+    caplog.set_level(logging.DEBUG, logger="botocore.endpoint")
+    log = logging.getLogger("botocore.endpoint")
+    headers = {
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={KEY_ID}/20261130/us-east-1/s3",
+        "X-Amz-Security-Token": b"OTHER-TOKEN-VALUE",
+    }
+    log.debug("Sending http request: headers=%s", headers)
+    log.debug("Authorization: Bearer opaque-bearer-token")
+    log.debug("presigned https://b.s3/k?X-Amz-Credential=AK&X-Amz-Signature=deadbeef")
+    log.debug("session %s secret %s", "FwoGZXIvYXdzSESSIONTOKEN0042", SECRET)
+    try:
+        raise RuntimeError(f"failed with {SECRET}")
+    except RuntimeError:
+        log.exception("boom")
+    text = caplog.text
+    for value in (KEY_ID, SECRET, "OTHER-TOKEN-VALUE", "opaque-bearer-token", "deadbeef",
+                  "SESSIONTOKEN"):  # fmt: skip
+        assert value not in text, value
+    assert "'Authorization': '***'" in text and "X-Amz-Signature=***" in text
+
+
+def test_verbose_cli_logs_carry_no_aws_credentials(s3_endpoint, tmp_path):
+    """`a2tgpo -v` shows botocore's DEBUG lines (signed request headers included)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import BUCKET, REGION
+
+    root = f"s3://{BUCKET}/redact-{uuid.uuid4().hex[:8]}"
+    args = ["-v", "advantages", "--scored", f"{root}/missing", "--out", f"{root}/out"]
+    args += ["--set", f"storage.root={root}", "--set", f"storage.endpoint_url={s3_endpoint}"]
+    args += ["--set", f"storage.region={REGION}"]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
+    result = subprocess.run(
+        [sys.executable, "-c", "from a2tgpo.cli import main; main()", *args],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    (tmp_path / "cli.log").write_text(output)
+    assert result.returncode == 2 and "is not committed" in output, output[-4000:]
+    assert "Authorization" in output, output[-4000:]  # botocore's request lines were logged
+    assert KEY_ID not in output and SECRET not in output

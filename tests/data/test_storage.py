@@ -44,6 +44,17 @@ def test_credentials_in_urls_are_refused_without_echoing_them():
         Storage(StorageConfig(root="s3://b/x", endpoint_url="http://u:hunter2@host:9000"))
 
 
+def test_a_config_built_without_validation_is_checked_again(tmp_path):
+    """The config refuses these; `model_construct` skips that, `Storage` does not."""
+    with pytest.raises(ValueError) as caught:
+        Storage(StorageConfig.model_construct(root="s3://AKIDX:hunter2@bucket/x"))
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ValueError, match="unsupported storage root"):
+        Storage(StorageConfig.model_construct(root="gs://bucket/x"))
+    with pytest.raises(ValueError, match="credentials"):
+        Storage(StorageConfig.model_construct(root=str(tmp_path), endpoint_url="http://h/?token=x"))
+
+
 def test_put_if_absent_creates_once(storage_config):
     storage = Storage(storage_config)
     uri = storage.join("stage", "manifest.json")
