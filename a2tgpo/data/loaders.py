@@ -12,10 +12,12 @@ Formats (reads a local file, or any store URI when given a `Storage`):
   optional `metadata` (kept as JSON in `meta`). data_source defaults to the file's
   folder name and split to its stem (FlashRAG ships `{dataset}/{split}.jsonl`).
 
-A bad row (no question, no gold answer, wrong types, duplicate id) raises `LoaderError`
-naming the file and row; with on_error="skip" it is left out, logged, and described in
-the `skipped` list when one is passed. Rows can be filtered by data source and cut to
-`limit` rows: the first ones, or a sample drawn with `seed` (kept in file order).
+A bad row (no question, no gold answer, wrong types, duplicate id, a question or gold
+answers over `max_question_chars` / `max_gold_chars`) raises `LoaderError` naming the
+file and row; with on_error="skip" it is left out, logged, and described in the
+`skipped` list when one is passed. Rows can be filtered by data source and cut to
+`limit` rows: the first ones, or a sample drawn with `seed` (kept in file order). A
+load that leaves no prompt at all raises `LoaderError` saying why.
 """
 
 from __future__ import annotations
@@ -36,19 +38,23 @@ from a2tgpo.data.schemas import PROMPTS
 from a2tgpo.data.storage import Storage
 from a2tgpo.data.validate import Validator
 from a2tgpo.envs.rewards import split_golds
+from a2tgpo.errors import InputError
 
 log = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
 QUESTION_MARKER = "Question:"
+# The defaults of env.max_question_chars / env.max_gold_chars (a2tgpo.config).
+MAX_QUESTION_CHARS = 16_384
+MAX_GOLD_CHARS = 131_072
 
 
-class LoaderError(ValueError):
-    """A row of a source dataset cannot become a prompt."""
+class LoaderError(InputError):
+    """A row of a source dataset cannot become a prompt (row None: the whole file)."""
 
-    def __init__(self, path: str, row: int, problem: str) -> None:
+    def __init__(self, path: str, row: int | None, problem: str) -> None:
         self.path, self.row, self.problem = path, row, problem
-        super().__init__(f"{path}, row {row}: {problem}")
+        super().__init__(f"{path}: {problem}" if row is None else f"{path}, row {row}: {problem}")
 
 
 class _BadRow(Exception):
@@ -80,6 +86,8 @@ def load_verl(
     seed: int | None = None,
     on_error: OnError = "raise",
     skipped: list[str] | None = None,
+    max_question_chars: int = MAX_QUESTION_CHARS,
+    max_gold_chars: int = MAX_GOLD_CHARS,
 ) -> pa.Table:
     """Prompts from a verl / Search-R1 parquet file (see the module docstring).
 
@@ -94,7 +102,7 @@ def load_verl(
         rows,
         lambda i, r: _verl_row(i, r, stem, split),
         lambda r: r.get("data_source") if isinstance(r, dict) else None,
-        _Filter(data_sources, limit, seed, on_error, skipped),
+        _Filter(data_sources, limit, seed, on_error, skipped, max_question_chars, max_gold_chars),
     )
 
 
@@ -109,6 +117,8 @@ def load_flashrag(
     seed: int | None = None,
     on_error: OnError = "raise",
     skipped: list[str] | None = None,
+    max_question_chars: int = MAX_QUESTION_CHARS,
+    max_gold_chars: int = MAX_GOLD_CHARS,
 ) -> pa.Table:
     """Prompts from a FlashRAG jsonl or parquet file (see the module docstring)."""
     path = os.fspath(path)
@@ -124,7 +134,7 @@ def load_flashrag(
         rows,
         lambda i, r: _flashrag_row(i, r, source, split),
         lambda r: source,
-        _Filter(data_sources, limit, seed, on_error, skipped),
+        _Filter(data_sources, limit, seed, on_error, skipped, max_question_chars, max_gold_chars),
     )
 
 
@@ -135,6 +145,8 @@ class _Filter:
     seed: int | None
     on_error: OnError
     skipped: list[str] | None
+    max_question_chars: int = MAX_QUESTION_CHARS
+    max_gold_chars: int = MAX_GOLD_CHARS
 
 
 def _build(
@@ -156,6 +168,7 @@ def _build(
             continue
         try:
             prompt = parse(index, raw)
+            _check_size(prompt, options)
             if prompt["prompt_id"] in first_row:
                 earlier = first_row[prompt["prompt_id"]]
                 raise _BadRow(f"duplicate prompt_id {prompt['prompt_id']!r} (row {earlier})")
@@ -171,11 +184,39 @@ def _build(
         if options.skipped is not None:
             options.skipped.extend(bad)
     prompts = _sample(prompts, options.limit, options.seed)
+    if not prompts:  # refused here, before a pool is committed or a tokenizer trained
+        raise LoaderError(path, None, f"no prompts ({_why_empty(rows, bad, wanted)})")
     table = pa.Table.from_pylist(prompts, schema=PROMPTS)
     validate = Validator(PROMPTS)  # a safety net: the parsers above should never fail it
     for batch in table.to_batches():
         validate(batch)
     return table
+
+
+def _check_size(prompt: dict[str, Any], options: _Filter) -> None:
+    """Caps on what a row may hold, counted in characters before anything tokenizes it."""
+    chars = sum(len(m["content"]) for m in prompt["messages"])
+    if chars > options.max_question_chars:
+        raise _BadRow(
+            f"question has {chars} characters; the limit is {options.max_question_chars} "
+            "(env.max_question_chars)"
+        )
+    chars = sum(len(g) for g in prompt["golds"])
+    if chars > options.max_gold_chars:
+        raise _BadRow(
+            f"gold answers have {chars} characters; the limit is {options.max_gold_chars} "
+            "(env.max_gold_chars)"
+        )
+
+
+def _why_empty(rows: list[Any], bad: list[str], wanted: set[str] | None) -> str:
+    if not rows:
+        return "the file has no rows"
+    if len(bad) == len(rows):
+        return f"all {len(bad)} rows were bad; first: {bad[0]}"
+    if wanted is not None:
+        return f"no {'good ' if bad else ''}row of data sources {sorted(wanted)}"
+    return "limit=0"
 
 
 def _sample(

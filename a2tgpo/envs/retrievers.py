@@ -6,7 +6,8 @@ passages of each out. Two implementations:
 - `BM25Retriever` (in `a2tgpo.envs.bm25`, which imports this module): bm25s over an
   in-memory list of passages, its index cached on disk by a hash of the corpus.
 - `HttpRetriever`: a Search-R1 retrieval server (`POST /retrieve` with
-  `{"queries", "topk", "return_scores"}`), with timeouts and retries.
+  `{"queries", "topk", "return_scores"}`), with a total deadline per request, a
+  response-size limit and retries.
 
 Passages follow Search-R1's convention: a document's `contents` holds the title
 on its first line and the text after it.
@@ -14,7 +15,10 @@ on its first line and the text after it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +26,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
+
+# Far above any top-k answer, far below a memory problem.
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,13 @@ def load_passages_jsonl(path: str | Path) -> list[Passage]:
 class HttpRetriever:
     """Client of a Search-R1-style retrieval server.
 
-    Connection errors, timeouts, 5xx answers and malformed JSON are retried
-    `retries` times with exponential backoff (`backoff_s`, 2x, 4x, ...); then
-    `RetrieverError` is raised with a short reason ("timeout", "http 503", ...).
+    Each request has a total deadline of `timeout_s` (connect, headers and body
+    together: httpx's own timeouts bound each read, so a server trickling a byte at
+    a time would otherwise hold the rollout forever) and reads at most
+    `max_response_bytes` of body (decoded). Connection errors, a passed deadline
+    ("deadline exceeded"), a body over the limit ("response too large"), 5xx answers
+    and malformed JSON are retried `retries` times with exponential backoff
+    (`backoff_s`, 2x, 4x, ...); then `RetrieverError` is raised with a short reason.
     Other 4xx answers are not retried: the request itself is wrong.
     """
 
@@ -111,12 +122,21 @@ class HttpRetriever:
         retries: int = 3,
         backoff_s: float = 0.5,
         return_scores: bool = True,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ):
         self.url = url
+        self.timeout_s = float(timeout_s)
         self.retries = max(0, int(retries))
         self.backoff_s = float(backoff_s)
         self.return_scores = return_scores
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s), trust_env=False)
+        self.max_response_bytes = int(max_response_bytes)
+        # No kept-alive connections: each request connects anew, so the deadline's
+        # watchdog knows the one socket to cut (one connect per batched search).
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout_s),
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -142,20 +162,92 @@ class HttpRetriever:
         raise RetrieverError(f"{reason} after {self.retries + 1} attempts")
 
     def _request(self, payload: dict[str, Any], n_queries: int) -> list[list[Passage]]:
+        with _Deadline(self.timeout_s) as deadline:
+            try:
+                body = self._post(payload, deadline)
+            except httpx.TimeoutException as exc:  # a read or connect after the deadline
+                raise _Retryable("deadline exceeded") from exc
+            except httpx.TransportError as exc:
+                if deadline.passed:  # the watchdog cut the socket
+                    raise _Retryable("deadline exceeded") from exc
+                raise _Retryable(f"connection error ({type(exc).__name__})") from exc
         try:
-            response = self._client.post(self.url, json=payload)
-        except httpx.TimeoutException as exc:
-            raise _Retryable("timeout") from exc
-        except httpx.TransportError as exc:
-            raise _Retryable(f"connection error ({type(exc).__name__})") from exc
-        if response.status_code >= 500:
-            raise _Retryable(f"http {response.status_code}")
-        if response.status_code >= 400:
-            raise RetrieverError(f"http {response.status_code}")
-        try:
-            return _parse_results(response.json(), n_queries)
+            return _parse_results(json.loads(body), n_queries)
         except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
             raise _Retryable(f"malformed response ({exc})"[:200]) from exc
+
+    def _post(self, payload: dict[str, Any], deadline: _Deadline) -> bytes:
+        """The body of a 2xx answer (status errors raised before any body is read)."""
+        extensions = {"trace": deadline.trace}
+        with self._client.stream("POST", self.url, json=payload, extensions=extensions) as response:
+            if response.status_code >= 500:
+                raise _Retryable(f"http {response.status_code}")
+            if response.status_code >= 400:
+                raise RetrieverError(f"http {response.status_code}")
+            return self._read_body(response, deadline)
+
+    def _read_body(self, response: httpx.Response, deadline: _Deadline) -> bytes:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_response_bytes:
+            raise _Retryable("response too large")
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():  # decoded: a compressed bomb is cut too
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise _Retryable("response too large")
+            if deadline.passed:
+                raise _Retryable("deadline exceeded")
+            chunks.append(chunk)
+        if deadline.fired:  # a body read until close looks complete when the socket is cut
+            raise _Retryable("deadline exceeded")
+        return b"".join(chunks)
+
+
+class _Deadline:
+    """A watchdog that shuts the request's socket down when `seconds` have passed.
+
+    A blocked read then returns at once (shutdown wakes it; close would not), and the
+    request fails with a transport error that `passed` turns into "deadline exceeded".
+    The socket comes from httpcore's `trace` extension (its connect event)."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+        self.fired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    @property
+    def passed(self) -> bool:
+        return self.fired or time.monotonic() >= self.end
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if not event.endswith("connect_tcp.complete"):
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        with self._lock:
+            self._sockets.append(sock)
+            if self.fired:  # connected just as the time ran out
+                _shutdown(sock)
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed: the request ended on its own
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Retryable(Exception):
@@ -185,6 +277,7 @@ def as_passages(items: Iterable[Passage | str | dict[str, Any]]) -> list[Passage
 
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "HttpRetriever",
     "Passage",
     "Retriever",

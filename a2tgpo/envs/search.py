@@ -29,7 +29,12 @@ def make_search_tool(
     elif env.retriever == "http":
         if not env.retriever_url:
             raise ValueError("env.retriever='http' needs env.retriever_url")
-        retriever = HttpRetriever(env.retriever_url, env.retriever_timeout_s, env.retriever_retries)
+        retriever = HttpRetriever(
+            env.retriever_url,
+            env.retriever_timeout_s,
+            env.retriever_retries,
+            max_response_bytes=env.retriever_max_response_bytes,
+        )
     else:
         if corpus is None:
             if not env.corpus:

@@ -29,11 +29,13 @@ NO_RESULTS_TEXT = "No results found."
 
 @dataclass(frozen=True)
 class Observation:
-    """The tool's answer to one query. `error` marks a tool failure, not a bad query."""
+    """The tool's answer to one query. `error` marks a tool failure, not a bad query;
+    `reason` is then its short cause (what the text says after "search failed: ")."""
 
     text: str
     passages: tuple[Passage, ...] = field(default=())
     error: bool = False
+    reason: str = ""
 
 
 def format_passages(passages: Sequence[Passage]) -> str:
@@ -103,4 +105,4 @@ class SearchTool:
         return Observation(text, tuple(passages))
 
     def _failure(self, reason: str) -> Observation:
-        return Observation(f"search failed: {reason}", (), True)
+        return Observation(f"search failed: {reason}", (), True, reason)

@@ -10,8 +10,10 @@ All active trajectories advance together: one engine call and one batched tool c
 per turn. Tokens are kept exactly as the engine generated them (the loss mask is 1 on
 them, 0 on prompt and observation tokens); observations are tokenized from their
 pieces (open tag, body cut to `max_observation_tokens`, close tag), never from text
-the policy wrote. A turn's span is [start, end); its observation [obs_start, obs_end)
-is empty for the terminal turn: an observation that no later turn reads is dropped.
+the policy wrote, and the text of a special token in them stays ordinary text (a
+passage cannot end the turn). A turn's span is [start, end); its observation
+[obs_start, obs_end) is empty for the terminal turn: an observation that no later
+turn reads is dropped. Each episode counts its searches and tool errors.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from a2tgpo.config import RolloutConfig
 from a2tgpo.engines.base import Engine, SamplingSpec
 from a2tgpo.envs.parser import parse_action
 from a2tgpo.envs.prompting import OBSERVATION_CLOSE, OBSERVATION_OPEN
-from a2tgpo.envs.tools import SearchTool
+from a2tgpo.envs.tools import Observation, SearchTool
 from a2tgpo.seeds import derive_seed
 
 STOP_STRINGS = ("</search>", "</answer>")
@@ -47,6 +49,11 @@ class Episode:
     turns: list[dict] = field(default_factory=list)
     generated_text: list[str] = field(default_factory=list)
     finish_reason: str | None = None
+    # Searches sent to the tool and those that failed (not in the TRAJECTORIES schema:
+    # the rollout's manifest stats count them), and the first failure's reason.
+    tool_calls: int = 0
+    tool_errors: int = 0
+    first_tool_error: str | None = None
 
     def __post_init__(self) -> None:
         if not self.loss_mask:
@@ -81,12 +88,29 @@ class Episode:
         self.turns.append(turn)
         return turn
 
+    def count_tool_result(self, observation: Observation) -> None:
+        self.tool_calls += 1
+        if observation.error:
+            self.tool_errors += 1
+            if self.first_tool_error is None:
+                self.first_tool_error = observation.reason or observation.text
+
     def add_observation(self, tokens: list[int]) -> None:
         """Append the observation that follows the last turn (loss mask 0)."""
         turn = self.turns[-1]
         turn["obs_start"] = len(self.token_ids)
         self.append(tokens, generated=False)
         turn["obs_end"] = len(self.token_ids)
+
+
+def encode_external_text(tokenizer, text: str) -> list[int]:
+    """Token ids of text the policy did not write (a tool's answer, a passage).
+
+    `split_special_tokens=True`: the literal text of a special token (`<|im_end|>`,
+    the end of turn and EOS) becomes ordinary tokens, so a retrieved passage cannot end
+    the turn or open a new message. `add_special_tokens=False` alone does not do it.
+    Text without special tokens gets the same ids either way."""
+    return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
 
 class ObservationTokens:
@@ -99,11 +123,11 @@ class ObservationTokens:
     def __init__(self, tokenizer, max_body_tokens: int):
         self.tokenizer = tokenizer
         self.max_body_tokens = max_body_tokens
-        self.open = tokenizer.encode(OBSERVATION_OPEN, add_special_tokens=False)
-        self.close = tokenizer.encode(OBSERVATION_CLOSE, add_special_tokens=False)
+        self.open = encode_external_text(tokenizer, OBSERVATION_OPEN)
+        self.close = encode_external_text(tokenizer, OBSERVATION_CLOSE)
 
     def __call__(self, body_text: str) -> list[int]:
-        body = self.tokenizer.encode(body_text, add_special_tokens=False)
+        body = encode_external_text(self.tokenizer, body_text)
         return self.open + body[: self.max_body_tokens] + self.close
 
 
@@ -193,7 +217,10 @@ class AgentLoop:
             return
         real = [(ep, q) for ep, q in searches if q]
         observations = self.tool.run([q for _, q in real]) if real else []
-        texts = {id(ep): obs.text for (ep, _), obs in zip(real, observations, strict=True)}
+        texts: dict[int, str] = {}
+        for (ep, _), obs in zip(real, observations, strict=True):
+            ep.count_tool_result(obs)
+            texts[id(ep)] = obs.text
         for ep, query in searches:
             tokens = self.observation_tokens(texts[id(ep)] if query else INVALID_ACTION_TEXT)
             if len(tokens) >= self._remaining(ep):

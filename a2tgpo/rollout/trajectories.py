@@ -6,6 +6,12 @@ the format penalty, spec "Rewards") and builds the rows in the TRAJECTORIES sche
 The rollout and evaluate stages (`a2tgpo.stages`) commit them; the warm-start builds its
 demonstrations through the same `trajectories_table`.
 
+Prompts whose chat-templated length leaves no room for a turn (the trajectory budget
+or the engine's context) are skipped, not generated: a 0-turn trajectory has nothing
+to train on. The manifest counts them (`skipped_too_long_prompts`) and the searches
+and tool errors of the rollout (`tool_calls`, `tool_errors`, `tool_error_first`);
+both are logged as warnings (tool errors when most searches fail).
+
 Departure from the papers: the trajectory keeps the engine's own log-probs of its
 tokens (`rollout_logprobs`, of the distribution `rollout.logprobs` names) so the
 trainer can log the engine/trainer mismatch per turn.
@@ -14,14 +20,16 @@ trainer can log the engine/trainer mismatch per turn.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from a2tgpo.config import RunConfig
+from a2tgpo.config import RolloutConfig, RunConfig
 from a2tgpo.data.checkpoints import local_policy
 from a2tgpo.data.directories import local_cache_dir
 from a2tgpo.data.manifest import Manifest
@@ -32,9 +40,14 @@ from a2tgpo.engines.base import Engine
 from a2tgpo.envs.rewards import score_response
 from a2tgpo.envs.search import make_search_tool
 from a2tgpo.envs.tools import SearchTool
+from a2tgpo.errors import InputError
 from a2tgpo.rollout.agent import AgentLoop, Episode
 from a2tgpo.rollout.session import EngineSession
 from a2tgpo.seeds import derive_seed
+
+log = logging.getLogger(__name__)
+
+MOST_SEARCHES_FAIL = 0.5  # a rollout warns when more than this share of its searches fail
 
 
 def build_episodes(prompts: pa.Table, tokenizer, group_size: int, seed: int) -> list[Episode]:
@@ -58,6 +71,95 @@ def build_episodes(prompts: pa.Table, tokenizer, group_size: int, seed: int) -> 
                 )
             )
     return episodes
+
+
+def first_turn_room(prompt_length: int, rollout: RolloutConfig, context: int | None) -> int:
+    """Tokens the first turn may generate after a prompt: `max_turn_tokens`, cut by the
+    trajectory budget and the engine's context (None: no limit of its own)."""
+    limit = rollout.max_total_tokens if context is None else min(rollout.max_total_tokens, context)
+    return min(rollout.max_turn_tokens, limit - prompt_length)
+
+
+def drop_too_long(
+    episodes: list[Episode], rollout: RolloutConfig, context: int | None
+) -> tuple[list[Episode], list[str]]:
+    """(episodes with room for a turn, the prompt ids of those without, in order).
+
+    Every episode of a prompt has the same prompt, so a prompt is kept or dropped whole."""
+    fits = [first_turn_room(ep.prompt_length, rollout, context) >= 1 for ep in episodes]
+    kept = [ep for ep, ok in zip(episodes, fits, strict=True) if ok]
+    skipped = dict.fromkeys(ep.prompt_id for ep, ok in zip(episodes, fits, strict=True) if not ok)
+    return kept, list(skipped)
+
+
+@dataclass
+class RolloutRun:
+    """Finished episodes and what the TRAJECTORIES rows cannot say: skipped prompts."""
+
+    episodes: list[Episode]
+    skipped_prompts: list[str]
+
+    def stats(self) -> dict[str, Any]:
+        """Manifest stats: prompts skipped as too long, searches and tool errors."""
+        first = next((ep.first_tool_error for ep in self.episodes if ep.first_tool_error), None)
+        return {
+            "skipped_too_long_prompts": len(self.skipped_prompts),
+            "tool_calls": sum(ep.tool_calls for ep in self.episodes),
+            "tool_errors": sum(ep.tool_errors for ep in self.episodes),
+            **({"tool_error_first": first} if first else {}),
+        }
+
+
+def run_episodes(
+    config: RunConfig,
+    prompts: pa.Table,
+    engine: Engine,
+    tool: SearchTool,
+    *,
+    seed: int,
+    progress: bool = True,
+) -> RolloutRun:
+    """`rollout.group_size` episodes per prompt that fits the budget, run to completion."""
+    episodes = build_episodes(prompts, engine.tokenizer, config.rollout.group_size, seed)
+    context = getattr(engine, "max_model_len", None)
+    episodes, skipped = drop_too_long(episodes, config.rollout, context)
+    if skipped and not episodes:
+        raise InputError(
+            f"all {prompts.num_rows} prompts are too long for the token budget "
+            f"({_budget(config.rollout, context)}): raise the budget or shorten the prompts."
+        )
+    if skipped:
+        log.warning(
+            "rollout: skipped %d of %d prompts too long for the token budget (%s; first: %s)",
+            len(skipped),
+            prompts.num_rows,
+            _budget(config.rollout, context),
+            skipped[0],
+        )
+    with tqdm(total=len(episodes), desc="rollout", unit="traj", disable=not progress) as bar:
+        AgentLoop(engine, tool, config.rollout).run(
+            episodes, on_finish=lambda done: bar.update(done - bar.n)
+        )
+    run = RolloutRun(episodes, skipped)
+    warn_on_tool_errors(run.stats())
+    return run
+
+
+def _budget(rollout: RolloutConfig, context: int | None) -> str:
+    budget = f"rollout.max_total_tokens={rollout.max_total_tokens}"
+    return budget if context is None else f"{budget}, engine context {context}"
+
+
+def warn_on_tool_errors(stats: dict[str, Any]) -> None:
+    """A warning when most of a rollout's searches failed, naming the first reason."""
+    calls, errors = stats.get("tool_calls", 0), stats.get("tool_errors", 0)
+    if calls and errors / calls > MOST_SEARCHES_FAIL:
+        log.warning(
+            "rollout: %d of %d searches failed (first: %s); check the retriever",
+            errors,
+            calls,
+            stats.get("tool_error_first", "unknown"),
+        )
 
 
 def trajectories_table(
@@ -177,13 +279,10 @@ def generate_trajectories(
     policy_version: int,
     progress: bool = True,
 ) -> pa.Table:
-    """Run the agent loop on `rollout.group_size` episodes per prompt; the TRAJECTORIES rows."""
-    episodes = build_episodes(prompts, engine.tokenizer, config.rollout.group_size, seed)
-    with tqdm(total=len(episodes), desc="rollout", unit="traj", disable=not progress) as bar:
-        AgentLoop(engine, tool, config.rollout).run(
-            episodes, on_finish=lambda done: bar.update(done - bar.n)
-        )
-    return trajectories_table(episodes, prompts, config, policy_version)
+    """Run the agent loop on `rollout.group_size` episodes per prompt; the TRAJECTORIES rows
+    (none for a prompt too long for the budget)."""
+    run = run_episodes(config, prompts, engine, tool, seed=seed, progress=progress)
+    return trajectories_table(run.episodes, prompts, config, policy_version)
 
 
 def commit_trajectories(
@@ -203,12 +302,11 @@ def commit_trajectories(
     storage = Storage(config.storage)
     prompts = read_stage(storage, prompts_uri, "prompts")
     if prompts.num_rows == 0:
-        raise ValueError(f"prompts dataset {prompts_uri} is empty")
+        raise InputError(f"prompts dataset {prompts_uri} is empty")
     tool = tool or make_search_tool(config.env, cache_dir=str(local_cache_dir()))
     engine = session.engine_for(str(local_policy(storage, policy_uri)))
-    table = generate_trajectories(
-        config, prompts, engine, tool, seed=seed, policy_version=policy_version, progress=progress
-    )
+    run = run_episodes(config, prompts, engine, tool, seed=seed, progress=progress)
+    table = trajectories_table(run.episodes, prompts, config, policy_version)
     return write_stage(
         storage,
         out_uri,
@@ -216,6 +314,6 @@ def commit_trajectories(
         "trajectories",
         policy_version=policy_version,
         parents=[prompts_uri, policy_uri],
-        stats=rollout_stats(table, prompts),
+        stats=rollout_stats(table, prompts) | run.stats(),
         rows_per_part=config.storage.rows_per_part,
     )

@@ -4,11 +4,13 @@ Flattens every trajectory's turns into per-turn rows (group = prompt id, traject
 id, turn index, IG, outcome), calls `a2tgpo.algo.turn_advantage_details` with the
 configured estimator, and writes the ADVANTAGED schema: each turn gains its
 normalized IG, advantage and clip range. The manifest's stats hold the per-turn
-summaries the tracker logs (advantage mean and mean |A|, clip-range min/mean/max).
+summaries the tracker logs (advantage mean and mean |A|, clip-range min/mean/max),
+and how many trajectories have no turn at all (a warning: they train nothing).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,8 @@ from a2tgpo.data.manifest import Manifest
 from a2tgpo.data.schemas import ADVANTAGED
 from a2tgpo.data.stage import read_manifest, read_stage, resumable, write_stage
 from a2tgpo.data.storage import Storage
+
+log = logging.getLogger(__name__)
 
 
 def flat_turns(table: pa.Table) -> dict[str, np.ndarray]:
@@ -98,6 +102,20 @@ def advantage_stats(table: pa.Table, details: TurnAdvantages) -> dict[str, Any]:
     return {"turns": int(turn.size), "by_turn": per_turn}
 
 
+def warn_without_turns(table: pa.Table, uri: str) -> int:
+    """How many trajectories have no turn (their prompt left no room for one), warned."""
+    count = int(pc.sum(pc.equal(pc.list_value_length(table.column("turns")), 0)).as_py() or 0)
+    if count:
+        log.warning(
+            "advantages: %d of %d trajectories have no turns in %s; they carry no trainable "
+            "tokens (prompts longer than the token budget?)",
+            count,
+            table.num_rows,
+            uri,
+        )
+    return count
+
+
 @resumable
 def run_advantages(
     config: RunConfig, *, scored_uri: str, out_uri: str, iteration: int | None = None
@@ -107,6 +125,7 @@ def run_advantages(
     scored = read_stage(storage, scored_uri, "scored")
     if scored.num_rows == 0:
         raise ValueError(f"scored dataset {scored_uri} is empty")
+    without_turns = warn_without_turns(scored, scored_uri)
     estimator = config.estimator
     table, details = compute_advantages(scored, estimator, iteration)
     used = estimator.settings(iteration)
@@ -121,6 +140,7 @@ def run_advantages(
         stats={
             "estimator": used.name,
             "grpo_warmup": estimator.in_warmup(iteration),
+            "trajectories_without_turns": without_turns,
             **advantage_stats(table, details),
         },
         rows_per_part=config.storage.rows_per_part,

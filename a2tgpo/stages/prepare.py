@@ -4,7 +4,8 @@ fixed held-out sample (`prepare`) and each iteration's training prompts (`prompt
 The initial policy is the user's model (`model.policy`) or the project's tiny model,
 built once (its tokenizer trained on the environment's text) and committed. Prompt
 pools come from the synthetic world or the user's dataset files; samples are drawn
-without replacement, deterministically by seed.
+without replacement, deterministically by seed. An empty pool or sample is refused
+before anything is committed, so a fixed file is never shadowed by an empty pool.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from a2tgpo.data.schemas import PROMPTS
 from a2tgpo.data.stage import read_manifest, read_stage, resumable, write_stage
 from a2tgpo.data.storage import Storage
 from a2tgpo.envs.prompting import load_template, render_prompts
+from a2tgpo.errors import InputError
 
 
 def run_prepare(
@@ -123,6 +125,11 @@ def prompt_pool_table(config: RunConfig, split: str) -> tuple[pa.Table, dict[str
 
         world = SyntheticWorld.from_config(config.env)
         rows = world.to_prompts(split)  # rendered by the world's template already
+        if not rows:
+            raise InputError(
+                f"the synthetic world has no {split} questions: raise env.num_entities "
+                "or env.eval_fraction"
+            )
         for row in rows:
             row["meta"] = json.dumps(row["meta"])
         counts = {"prompt_template": template.name, "templated": len(rows), "kept": 0}
@@ -131,10 +138,12 @@ def prompt_pool_table(config: RunConfig, split: str) -> tuple[pa.Table, dict[str
 
     path = config.env.dataset if split == "train" else config.env.eval_dataset
     if not path:
-        raise ValueError(
+        raise InputError(
             f"env.kind='search_qa' needs env.{'dataset' if split == 'train' else 'eval_dataset'}"
         )
-    rows = load_prompts(path).to_pylist()
+    env = config.env
+    caps = {"max_question_chars": env.max_question_chars, "max_gold_chars": env.max_gold_chars}
+    rows = load_prompts(path, **caps).to_pylist()  # a LoaderError when no prompt is left
     counts = render_prompts(rows, template)
     return pa.Table.from_pylist(rows, schema=PROMPTS), counts
 
@@ -163,8 +172,12 @@ def sample_prompts(
     benchmark table whose small sources are not drowned by the large ones)."""
     storage = Storage(config.storage)
     if read_manifest(storage, pool_uri) is None and not has_training_prompts(config):
-        raise ValueError("training on env.kind='search_qa' needs env.dataset (a prompts file)")
+        raise InputError("training on env.kind='search_qa' needs env.dataset (a prompts file)")
     pool = read_stage(storage, pool_uri, "prompts")
+    if pool.num_rows == 0:  # committed by a version that did not refuse empty pools
+        raise InputError(
+            f"the prompt pool {pool_uri} is empty: delete it (or use a new run id) and rerun"
+        )
     rng = np.random.default_rng(seed)
     if per_source > 0:
         sources = np.array(pool.column("data_source").to_pylist())

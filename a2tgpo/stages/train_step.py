@@ -2,14 +2,20 @@
 
 One DeepSpeed ZeRO-3 update (`a2tgpo.training`: worker subprocesses on gloo or NCCL)
 with per-turn clip ranges, committed as a checkpoint folder (`hf/` for the engines,
-`ds/` with the optimizer state for the next step) with the worker's statistics.
+`optim/` with the optimizer state for the next step) with the worker's statistics. A
+dataset without a trainable token is refused before any worker starts (DeepSpeed
+would otherwise fail deep inside with `'NoneType' object is not iterable`).
 """
 
 from __future__ import annotations
 
+import pyarrow.compute as pc
+
 from a2tgpo.config import RunConfig
 from a2tgpo.data.manifest import Manifest
-from a2tgpo.data.stage import resumable
+from a2tgpo.data.stage import read_stage, resumable
+from a2tgpo.data.storage import Storage
+from a2tgpo.errors import InputError
 from a2tgpo.training.launcher import train_and_commit
 
 
@@ -28,6 +34,7 @@ def run_train_step(
 
     `reference_uri` is the KL reference (read only when `train.kl_coef > 0`); `stream`
     copies rank 0's output to stderr (a CLI run's progress bars)."""
+    check_trainable(config, advantaged_uri)
     return train_and_commit(
         config,
         advantaged_uri=advantaged_uri,
@@ -37,3 +44,15 @@ def run_train_step(
         reference_uri=reference_uri,
         stream=stream,
     )
+
+
+def check_trainable(config: RunConfig, advantaged_uri: str) -> None:
+    """Refuse, in one sentence, a dataset whose loss mask is 0 everywhere."""
+    mask = read_stage(Storage(config.storage), advantaged_uri, "advantaged", ["loss_mask"])
+    column = mask.column("loss_mask").combine_chunks()
+    if (pc.sum(pc.list_flatten(column)).as_py() or 0) == 0:
+        raise InputError(
+            f"advantaged dataset {advantaged_uri} has no trainable tokens in its "
+            f"{mask.num_rows} trajectories (no generated turn: were all prompts longer than "
+            "rollout.max_total_tokens allows?)"
+        )

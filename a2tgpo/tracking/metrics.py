@@ -5,6 +5,7 @@ resumed run reports exactly what the crashed one would have, and each metric
 traces back to its dataset. Names use `/` groups, turn indices as `turn_<k>`:
 
     reward, em, f1, turns_per_trajectory, finish/<reason>, action/<kind>
+    skipped_too_long_prompts, tool_calls, tool_errors, tool_error_rate
     em/<data source>, em/hops_<h>, f1/...   (and eval/<mode>/..., eval_initial/<mode>/...)
     ig/turn_<k>/{mean,std,count}, ig_norm/turn_<k>/{mean,abs_mean}
     adv/turn_<k>/{mean,abs_mean}, eps_low/turn_<k>/{min,mean,max}, eps_high/...
@@ -29,6 +30,7 @@ def rollout_metrics(stats: dict[str, Any], prefix: str = "") -> dict[str, float]
         f"{prefix}turns_per_trajectory": stats["turns_mean"],
         f"{prefix}generated_tokens": float(stats["generated_tokens"]),
     }
+    out |= _rollout_counts(stats, prefix)
     for reason, count in stats.get("finish_reasons", {}).items():
         out[f"{prefix}finish/{reason}"] = count / total
     for kind, count in stats.get("actions", {}).items():
@@ -39,6 +41,19 @@ def rollout_metrics(stats: dict[str, Any], prefix: str = "") -> dict[str, float]
     for hops, m in stats.get("by_hops", {}).items():
         out[f"{prefix}em/hops_{hops}"] = m["em"]
         out[f"{prefix}f1/hops_{hops}"] = m["f1"]
+    return out
+
+
+def _rollout_counts(stats: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Skipped prompts and tool errors (absent from manifests committed before they were
+    counted: a resumed run then logs nothing rather than a false zero)."""
+    out = {
+        f"{prefix}{key}": float(stats[key])
+        for key in ("skipped_too_long_prompts", "tool_calls", "tool_errors")
+        if key in stats
+    }
+    if stats.get("tool_calls"):
+        out[f"{prefix}tool_error_rate"] = stats["tool_errors"] / stats["tool_calls"]
     return out
 
 

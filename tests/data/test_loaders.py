@@ -164,3 +164,52 @@ def test_loaded_prompts_commit_as_a_stage_and_load_from_the_store(storage_config
     stage = storage.stage_uri("run", 0, "prompts")
     write_stage(storage, stage, table, "prompts", parents=[uri])
     assert read_stage(storage, stage).equals(table)
+
+
+def _verl_row(question: str, gold: str = "A", index: int = 0) -> dict:
+    return {
+        "data_source": "nq",
+        "prompt": [{"content": question, "role": "user"}],
+        "reward_model": {"ground_truth": gold, "style": "rule"},
+        "extra_info": {"index": index, "split": "train"},
+    }
+
+
+@pytest.mark.parametrize(
+    "lines, options, why",
+    [
+        ([], {}, "the file has no rows"),
+        ([{"id": "a", "question": "", "golden_answers": ["x"]}], {"on_error": "skip"},
+         "all 1 rows were bad"),
+        ([{"id": "a", "question": "Q?", "golden_answers": ["x"]}], {"data_sources": ["hotpotqa"]},
+         "no row of data sources"),
+    ],
+)  # fmt: skip
+def test_an_empty_result_is_a_loader_error(tmp_path, lines, options, why):
+    path = tmp_path / "nq" / "train.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(LoaderError, match=rf"train.jsonl: no prompts \({why}"):
+        load_flashrag(str(path), **options)
+
+
+def test_an_empty_verl_parquet_is_a_loader_error(tmp_path):
+    empty = pa.Table.from_pylist([_verl_row("Q?")]).slice(0, 0)
+    pq.write_table(empty, tmp_path / "train.parquet")
+    with pytest.raises(LoaderError, match="no prompts"):
+        load_prompts(str(tmp_path / "train.parquet"))
+
+
+def test_questions_and_golds_over_their_caps_are_bad_rows(tmp_path):
+    rows = [_verl_row("Q?"), _verl_row("x" * 101, index=1), _verl_row("Q?", "g" * 51, index=2)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
+    caps = {"max_question_chars": 100, "max_gold_chars": 50}
+    with pytest.raises(LoaderError, match=r"row 1: question has 101 characters; the limit is 100"):
+        load_verl(str(tmp_path / "train.parquet"), **caps)
+    skipped: list[str] = []
+    table = load_verl(str(tmp_path / "train.parquet"), on_error="skip", skipped=skipped, **caps)
+    assert table["prompt_id"].to_pylist() == ["nq-train-0"]
+    assert skipped == [
+        "row 1: question has 101 characters; the limit is 100 (env.max_question_chars)",
+        "row 2: gold answers have 51 characters; the limit is 50 (env.max_gold_chars)",
+    ]
