@@ -1,9 +1,10 @@
 """`a2tgpo`: a typer CLI over every stage of the pipeline.
 
-Every command takes `--preset NAME`, `--config FILE` (YAML or JSON of the config tree)
-and repeated `--set key.sub=value` overrides. Stage commands read and write by URI;
-`--iteration k` fills in the run layout's URIs (`{storage.root}/{run_id}/iter=k/...`),
-so `a2tgpo rollout --iteration 0` runs exactly what the flow would.
+Every command takes `--preset NAME`, `--config FILE` (YAML or JSON config values merged
+on top of the preset) and repeated `--set key.sub=value` overrides. Stage commands read
+and write by URI; `--iteration k` fills in the run layout's URIs
+(`{storage.root}/{run_id}/iter=k/...`), so `a2tgpo rollout --iteration 0` runs exactly
+what the flow would.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from a2tgpo.cli_common import (
     console,
     load_config,
 )
+from a2tgpo.errors import describe
 
 
 @app.command()
@@ -140,17 +143,20 @@ def demo_estimator(
 
 
 def main() -> None:  # pragma: no cover - console entry
-    """The console script: input problems print one line, not a traceback (-v: both)."""
-    import pydantic
+    """The console script: an error the user can fix (a2tgpo.errors.describe) prints one
+    line on stderr and exits 2 (-v: after its traceback); any other error is a bug and
+    keeps Python's traceback. Errors raised inside a Prefect flow reach here as raised."""
+    from a2tgpo import supervise
 
-    from a2tgpo.data.errors import DatasetValidationError, NotCommitted, StageMismatch
-
-    expected = (NotCommitted, DatasetValidationError, StageMismatch, pydantic.ValidationError)
+    if supervise.should_supervise(sys.argv[1:]):  # long commands: nothing outlives them
+        raise SystemExit(supervise.run_supervised(sys.argv))
     try:
         # the click command itself: Typer's own wrapper would print these as tracebacks
         typer.main.get_command(app)()
-    except expected as error:
-        if "-v" in sys.argv or "--verbose" in sys.argv:
+    except Exception as error:
+        if (message := describe(error)) is None:
             raise
-        console.print(f"[red]error:[/red] {error}")
+        if "-v" in sys.argv or "--verbose" in sys.argv:
+            traceback.print_exception(error)
+        typer.secho(f"error: {message}", err=True, fg="red")
         raise SystemExit(2) from None

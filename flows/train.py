@@ -13,9 +13,11 @@ before which `prepare` builds the initial model and prompt pools and `warmstart`
 the synthetic demonstrations. Each stage is declared once in `a2tgpo.stages.contract`
 (its URIs for iteration k, its seed) and runs as a Prefect task of the same name. Every
 stage commits its output with a manifest; a rerun with the same `run_id` skips what is
-committed, so a crashed run resumes from its last committed stage. MLflow gets one run
-per flow run (per-turn IG, normalized IG, advantages, clip ranges, clip fractions,
-stage times); Prefect gets a table artifact per iteration and a progress artifact.
+committed, so a crashed run resumes from its last committed stage; its MLflow run and
+Prefect flow run, left RUNNING by a killed process, are marked KILLED / Crashed when the
+rerun starts (`take_over_dead_runs`). MLflow gets one run per flow run (per-turn IG,
+normalized IG, advantages, clip ranges, clip fractions, stage times); Prefect gets a
+table artifact per iteration and a progress artifact.
 
     a2tgpo train                      # the embedded run (what `make run` does)
     a2tgpo train --preset grpo --set rollout.group_size=16
@@ -35,7 +37,8 @@ from a2tgpo.layout import RunLayout, pin_run_config
 from a2tgpo.presets import resolve_config
 from a2tgpo.rollout.session import EngineSession
 from a2tgpo.stages.contract import INITIAL, ITERATION_STAGES
-from a2tgpo.tracking.mlflow_logger import RunTracker, disable_mlflow_telemetry
+from a2tgpo.supervise import identity_alive, process_identity
+from a2tgpo.tracking.mlflow_logger import RunTracker, disable_mlflow_telemetry, mark_crashed_runs
 from flows.reporting import Reporter, evaluation_due, planned_steps
 from flows.tasks import run_stage
 
@@ -53,6 +56,7 @@ def train_flow(
     pin_run_config(config, layout)  # before anything is tracked: a clash fails at once
     if warning := logprob_mismatch_warning(config):
         get_run_logger().warning(warning)
+    take_over_dead_runs(config)
     tracker = RunTracker(config, flow_run_id=flow_run.get_id())
     reporter = Reporter(config, tracker, total_steps=planned_steps(config))
     error: BaseException | None = None
@@ -82,6 +86,58 @@ def train_flow(
         raise
     finally:
         tracker.finish("FAILED" if error else "FINISHED", error)
+
+
+RUN_TAG = "a2tgpo-run:"  # + run_id: the Prefect tag of every flow run of a run
+PROCESS_TAG = "a2tgpo-process:"  # + the process running the flow (supervise.process_identity)
+
+
+def take_over_dead_runs(config: RunConfig) -> None:
+    """Tag this flow run with its run id and process, then mark the runs of the same run
+    id that are RUNNING but whose process is gone: MLflow runs KILLED (tag
+    `a2tgpo.crashed=true`), Prefect flow runs Crashed."""
+    logger = get_run_logger()
+    killed = mark_crashed_runs(config)
+    if killed:
+        logger.warning("marked %d dead MLflow run(s) of run %r KILLED", len(killed), config.run_id)
+    try:
+        crashed = mark_crashed_flow_runs(config.run_id)
+    except Exception as error:  # bookkeeping: never the reason a run does not start
+        logger.warning("could not check for dead Prefect flow runs: %s", error)
+        return
+    if crashed:
+        logger.warning("marked %d dead flow run(s) of run %r Crashed", crashed, config.run_id)
+
+
+def mark_crashed_flow_runs(run_id: str) -> int:
+    """Tag the current flow run; set the other RUNNING flow runs tagged with `run_id`
+    whose process is gone to Crashed. Returns how many were."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas import filters
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    own = flow_run.get_id()
+    if own is None:  # not inside a flow run
+        return 0
+    running = filters.FlowRunFilter(
+        tags=filters.FlowRunFilterTags(all_=[RUN_TAG + run_id]),
+        state=filters.FlowRunFilterState(
+            type=filters.FlowRunFilterStateType(any_=[StateType.RUNNING])
+        ),
+    )
+    crashed = 0
+    with get_client(sync_client=True) as client:
+        tags = [*client.read_flow_run(own).tags, RUN_TAG + run_id]
+        client.update_flow_run(own, tags=[*tags, PROCESS_TAG + process_identity()])
+        for other in client.read_flow_runs(flow_run_filter=running):
+            process = next((t for t in other.tags if t.startswith(PROCESS_TAG)), PROCESS_TAG)
+            if str(other.id) == str(own) or identity_alive(process.removeprefix(PROCESS_TAG)):
+                continue
+            message = f"its process is gone; marked by a rerun of run {run_id!r}"
+            client.set_flow_run_state(other.id, Crashed(message=message), force=True)
+            crashed += 1
+    return crashed
 
 
 def run_iteration(config: RunConfig, k: int, session: EngineSession, reporter: Reporter) -> None:

@@ -1,9 +1,15 @@
 """Where a policy lives, and how a stage gets it as a local HF folder.
 
 A policy is named by a URI: a committed checkpoint folder in storage (`hf/` holding
-the HF model and, after an RL step, `ds/` holding the DeepSpeed engine and optimizer
-state), a plain local HF folder (a user's model), or a Hugging Face hub id (fetched
-by transformers/vLLM themselves in a cluster; nothing is downloaded here).
+the HF model and, after an RL step, `optim/` holding the optimizer state as
+safetensors + JSON, `a2tgpo.training.optimizer_state`), a plain local HF folder (a
+user's model), or a Hugging Face hub id (fetched by transformers/vLLM themselves in a
+cluster; nothing is downloaded here).
+
+A committed checkpoint is data that storage could have changed, so it is never
+unpickled: `materialize` checks every file against the manifest, and a checkpoint
+holding a pickle (`*.pt`, `*.bin`, ...; DeepSpeed's own `ds/` state of older versions)
+is refused before anything opens it, whatever its manifest says.
 """
 
 from __future__ import annotations
@@ -11,23 +17,50 @@ from __future__ import annotations
 from pathlib import Path
 
 from a2tgpo.data.directories import materialize
+from a2tgpo.data.errors import StageMismatch
 from a2tgpo.data.stage import read_manifest
 from a2tgpo.data.storage import Storage
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+STATE_DIR = "optim"
+
+
+class UnsafeCheckpoint(StageMismatch):
+    """A committed checkpoint holds a file that only unpickling could read."""
+
 
 def checkpoint_parts(local: Path) -> tuple[Path, Path | None]:
-    """(HF folder, DeepSpeed state folder or None) of a local checkpoint or model folder."""
+    """(HF folder, optimizer state folder or None) of a local checkpoint or model folder."""
     hf = local / "hf" if (local / "hf" / "config.json").exists() else local
     if not (hf / "config.json").exists():
         raise FileNotFoundError(f"no HF model (config.json) in checkpoint {local}")
-    state = local / "ds"
+    state = local / STATE_DIR
     return hf, state if state.is_dir() else None
 
 
+def refuse_pickles(folder: Path, uri: str) -> None:
+    """UnsafeCheckpoint naming the first pickle file under `folder` (none is opened)."""
+    pickles = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES
+    )
+    if pickles:
+        raise UnsafeCheckpoint(
+            f"checkpoint {uri} holds {pickles[0]} ({len(pickles)} pickle file(s)): a2tgpo never "
+            "unpickles a checkpoint (weights and optimizer state are safetensors); one written "
+            "by a version before this rule (DeepSpeed's ds/ state) cannot be resumed: start "
+            "a new run_id"
+        )
+
+
 def local_checkpoint(storage: Storage, uri: str) -> Path:
-    """A local folder for the policy at `uri` (downloaded once from object storage)."""
+    """A local folder for the policy at `uri` (downloaded once from object storage);
+    a committed one is verified against its manifest and holds no pickle."""
     if read_manifest(storage, uri) is not None:
-        return materialize(storage, uri)
+        local = materialize(storage, uri)
+        refuse_pickles(local, uri)
+        return local
     path = Path(uri)
     if (path / "config.json").exists() or (path / "hf" / "config.json").exists():
         return path  # a plain local model folder, e.g. the user's own model

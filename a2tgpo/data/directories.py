@@ -8,7 +8,9 @@ Layout: the files of a folder go under an attempt-unique subfolder, then the man
 Concurrent writers each upload a whole copy and race on the manifest (see
 `a2tgpo.data.commit`), so a committed folder is always one writer's complete copy.
 HF transformers and vLLM need local paths: `materialize` returns the committed folder
-itself for a local store and a verified download in a local cache for S3.
+itself for a local store and a download in a local cache for S3; either way every file is
+checked against the manifest's sizes and sha256 (and no file may be added), because the
+folder is loaded as model weights and optimizer state.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "A2TGPO_CACHE"  # shared with the other local caches (BM25 indexes)
 _COMPLETE = ".a2tgpo-complete"  # marker in a materialized folder, written after every file
+_VERIFIED: dict[str, tuple] = {}  # folder -> (content hash, file stats) when last verified
 
 
 def commit_directory(
@@ -96,16 +99,18 @@ def materialize(
     Local store: the committed folder itself. S3: `{cache_dir}/{content_hash}`,
     downloaded once, sha256-checked, and renamed into place whole so concurrent
     callers and crashes never leave a half folder behind. `cache_dir` defaults to
-    $A2TGPO_CACHE/stages, else ~/.cache/a2tgpo/stages.
+    $A2TGPO_CACHE/stages, else ~/.cache/a2tgpo/stages. The folder returned matches the
+    manifest file for file (StageMismatch naming the file otherwise).
     """
     manifest = require_manifest(storage, uri)
     _check_directory(manifest, uri)
     if storage.is_local:
-        return Path(storage.path(storage.join(uri, manifest.content_root)))
+        folder = Path(storage.path(storage.join(uri, manifest.content_root)))
+        return verify_folder(folder, manifest, uri)
     cache = Path(cache_dir) if cache_dir else _default_cache()
     target = cache / manifest.content_hash[:32]
     if (target / _COMPLETE).exists():
-        return target
+        return verify_folder(target, manifest, uri)
     staging = cache / f".{target.name}.{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
@@ -153,6 +158,43 @@ def _download(storage: Storage, uri: str, root: str, f: ManifestFile, staging: P
     storage.download(storage.join(uri, f.path), str(local))
     if local.stat().st_size != f.size or _sha256_file(local) != f.sha256:
         raise OSError(f"downloaded {uri}/{f.path} does not match its manifest entry")
+
+
+def verify_folder(folder: Path, manifest: Manifest, uri: str) -> Path:
+    """`folder` if it holds exactly the manifest's files with their sizes and sha256.
+
+    Hashing is skipped when no file's stat (size, mtime, ctime, inode) changed since
+    this process last verified the folder against the same manifest: any write, even one
+    that restores the mtime, moves the ctime."""
+    expected = {f.path.removeprefix(manifest.content_root + "/"): f for f in manifest.files}
+    found = {
+        p.relative_to(folder).as_posix(): p
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != _COMPLETE
+    }
+    if extra := sorted(found.keys() - expected.keys()):
+        raise StageMismatch(f"{uri}: file {extra[0]} is not in its manifest (added after commit)")
+    if missing := sorted(expected.keys() - found.keys()):
+        raise StageMismatch(f"{uri}: file {missing[0]} of its manifest is missing")
+    signature = (manifest.content_hash, _stat_signature(found))
+    if _VERIFIED.get(str(folder)) == signature:
+        return folder
+    for relative, entry in sorted(expected.items()):
+        path = found[relative]
+        if path.stat().st_size != entry.size or _sha256_file(path) != entry.sha256:
+            raise StageMismatch(
+                f"{uri}: file {relative} does not match its manifest (size or sha256): "
+                "changed after commit"
+            )
+    _VERIFIED[str(folder)] = signature
+    return folder
+
+
+def _stat_signature(files: dict[str, Path]) -> tuple:
+    stats = {relative: path.stat() for relative, path in files.items()}
+    return tuple(
+        (r, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for r, s in sorted(stats.items())
+    )
 
 
 def _sha256_file(path: Path) -> str:

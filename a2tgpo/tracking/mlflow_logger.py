@@ -1,10 +1,15 @@
 """One MLflow run per flow run: params, per-iteration metrics, figures, references.
 
-The tracking URI defaults to a sqlite file beside the local storage root (MLflow 3
-refuses a plain `file:` store); any server works by URI. The run is tagged with the
-Prefect flow-run id and the preset; checkpoints are referenced by URI in tags, never
-uploaded. Only the config tree is logged as params, and it holds no credentials
-(storage credentials come from the environment).
+The tracking URI defaults to a sqlite file beside the local storage root, or under
+$A2TGPO_CACHE/mlflow for an s3:// root (MLflow 3 refuses a plain `file:` store); any
+server works by URI. The run is tagged with the Prefect flow-run id and the preset;
+checkpoints are referenced by URI in tags, never uploaded. Only the config tree is
+logged as params, and it holds no credentials (storage credentials come from the
+environment).
+
+A run whose process died (SIGKILL, a lost node) stays RUNNING in MLflow; the next run
+of the same `run_id` marks it KILLED with the tag `a2tgpo.crashed=true`
+(`mark_crashed_runs`), unless its process (the `a2tgpo.process` tag) is still alive.
 """
 
 from __future__ import annotations
@@ -15,17 +20,30 @@ from pathlib import Path
 from typing import Any
 
 from a2tgpo.config import RunConfig, flatten
+from a2tgpo.supervise import identity_alive, process_identity
 
 PARAM_BATCH = 100  # MLflow accepts at most 100 params per batch call
+PROCESS_TAG = "a2tgpo.process"
+CRASHED_TAG = "a2tgpo.crashed"
 
 
 def tracking_uri(config: RunConfig) -> str:
     if config.tracking.mlflow_uri:
         return config.tracking.mlflow_uri
-    root = config.storage.root
-    base = Path(root) if "://" not in root else Path("runs")
+    base = _local_base(config)
     base.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(base / 'mlflow.db').resolve()}"
+
+
+def _local_base(config: RunConfig) -> Path:
+    """Where a local MLflow store lives: beside a local storage root; for an s3:// root a
+    per-user folder ($A2TGPO_CACHE/mlflow), never the working directory."""
+    root = config.storage.root
+    if root.startswith("s3://"):
+        from a2tgpo.data.directories import local_cache_dir
+
+        return local_cache_dir("mlflow")
+    return Path(root.removeprefix("file://"))
 
 
 def experiment_name(config: RunConfig) -> str:
@@ -33,10 +51,11 @@ def experiment_name(config: RunConfig) -> str:
 
 
 def artifact_root(config: RunConfig) -> str | None:
-    """Local runs keep MLflow's artifacts beside the data; a server decides its own."""
-    if config.tracking.mlflow_uri or "://" in config.storage.root:
+    """A local MLflow store keeps its artifacts beside it (MLflow's default, ./mlruns,
+    would land in the working directory); a server decides its own."""
+    if config.tracking.mlflow_uri:
         return None
-    return (Path(config.storage.root) / "mlflow-artifacts").resolve().as_uri()
+    return (_local_base(config) / "mlflow-artifacts").resolve().as_uri()
 
 
 class RunTracker:
@@ -48,6 +67,7 @@ class RunTracker:
             "a2tgpo.run_id": config.run_id,
             "a2tgpo.preset": config.preset,
             "a2tgpo.estimator": config.estimator.name,
+            PROCESS_TAG: process_identity(),  # how a rerun tells this run dead or alive
         }
         if flow_run_id:
             tags["prefect.flow_run_id"] = flow_run_id
@@ -111,6 +131,31 @@ class RunTracker:
         if self.uri.startswith("http"):
             return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
         return f"mlflow ui --backend-store-uri {self.uri}  (experiment {self.experiment_id}, run {self.run_id})"
+
+
+def mark_crashed_runs(config: RunConfig) -> list[dict[str, str]]:
+    """Mark the RUNNING MLflow runs of `config.run_id` whose process is gone KILLED, tagged
+    `a2tgpo.crashed=true`; returns their tags (the flow-run id among them)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(config))
+    experiment = client.get_experiment_by_name(experiment_name(config))
+    if experiment is None:
+        return []
+    # the run id is compared here, not quoted into the filter
+    running = client.search_runs(
+        [experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=5000
+    )
+    crashed = []
+    for run in running:
+        if run.data.tags.get("a2tgpo.run_id") != config.run_id:
+            continue
+        if identity_alive(run.data.tags.get(PROCESS_TAG, "")):
+            continue  # a live run of the same id (another process on this host)
+        client.set_tag(run.info.run_id, CRASHED_TAG, "true")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        crashed.append(run.data.tags)
+    return crashed
 
 
 def run_params(config: RunConfig) -> dict[str, Any]:

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import torch
 
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "model.safetensors.index.json")
+# weights, and pickles (never copied into a checkpoint: a2tgpo loads none)
+WEIGHT_FILES = (
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.pkl",
+    "*.ckpt",
+)
 
 
 def iter_full_parameters(
@@ -47,49 +56,69 @@ def export_hf(
 
     Every rank must call this (gathering is collective); only `write=True` writes.
     """
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    names: list[tuple[str, int]] = []  # (parameter, shard index)
-    if write:
-        out.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(out, "model", shard_bytes) if write else None
     for name, tensor in iter_full_parameters(module, dtype):
-        if not write:
-            continue
-        if size and size + tensor.numel() * tensor.element_size() > shard_bytes:
-            _save_shard(save_file, shards[-1], out, len(shards))
-            shards.append({})  # the written shard's tensors are released here
-            size = 0
-        shards[-1][name] = tensor
-        size += tensor.numel() * tensor.element_size()
-        names.append((name, len(shards)))
-    if not write:
+        if writer is not None:
+            writer.add(name, tensor)
+    if writer is None:
         return
-    _save_shard(save_file, shards[-1], out, len(shards))
-    _name_shards(out, len(shards), names)
+    writer.close()
     copy_model_files(source_dir, out, dtype)
 
 
-def _save_shard(save_file, tensors: dict[str, torch.Tensor], out: Path, number: int) -> None:
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()},
-        out / f"shard-{number:05d}.tmp",
-        metadata={"format": "pt"},
-    )
-    tensors.clear()
+class ShardWriter:
+    """Tensors streamed into safetensors shards of about `shard_bytes`, named as HF names
+    them: `{stem}.safetensors`, or `{stem}-00001-of-0000N.safetensors` and
+    `{stem}.safetensors.index.json`. A shard's tensors are released once it is written."""
 
+    def __init__(self, out: Path, stem: str, shard_bytes: int = 2 << 30):
+        self.out, self.stem, self.shard_bytes = out, stem, shard_bytes
+        self.pending: dict[str, torch.Tensor] = {}
+        self.size = 0
+        self.count = 0
+        self.shard_of: dict[str, int] = {}  # tensor name -> shard number
+        out.mkdir(parents=True, exist_ok=True)
 
-def _name_shards(out: Path, count: int, names: list[tuple[str, int]]) -> None:
-    if count == 1:
-        (out / "shard-00001.tmp").rename(out / "model.safetensors")
-        return
-    files = {i: f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)}
-    for i, file in files.items():
-        (out / f"shard-{i:05d}.tmp").rename(out / file)
-    index = {"metadata": {}, "weight_map": {name: files[i] for name, i in names}}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        if self.size and self.size + nbytes > self.shard_bytes:
+            self._flush()
+        self.pending[name] = tensor
+        self.size += nbytes
+        self.shard_of[name] = self.count + 1
+
+    def close(self) -> dict[str, str]:
+        """Write the last shard and name them all; returns {tensor name: file name}."""
+        self._flush()
+        if self.count == 1:
+            (self.out / "shard-00001.tmp").rename(self.out / f"{self.stem}.safetensors")
+            return {name: f"{self.stem}.safetensors" for name in self.shard_of}
+        files = {
+            i: f"{self.stem}-{i:05d}-of-{self.count:05d}.safetensors"
+            for i in range(1, self.count + 1)
+        }
+        for i, file in files.items():
+            (self.out / f"shard-{i:05d}.tmp").rename(self.out / file)
+        weight_map = {name: files[i] for name, i in self.shard_of.items()}
+        index = {"metadata": {}, "weight_map": weight_map}
+        index_path = self.out / f"{self.stem}.safetensors.index.json"
+        index_path.write_text(json.dumps(index, indent=1))
+        return weight_map
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self.pending and self.count:
+            return
+        self.count += 1
+        save_file(
+            {k: v.contiguous() for k, v in self.pending.items()},
+            self.out / f"shard-{self.count:05d}.tmp",
+            metadata={"format": "pt"},
+        )
+        self.pending.clear()
+        self.size = 0
 
 
 def copy_model_files(source_dir: str | Path, out: Path, dtype: torch.dtype) -> None:

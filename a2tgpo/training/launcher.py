@@ -8,16 +8,29 @@ or a Kubernetes pod can run it and all accelerator memory is freed when it ends:
 - `train.num_gpus > 0`: `torchrun --nproc_per_node num_gpus` (nccl, bf16).
 
 The input policy is a committed checkpoint folder (`hf/` and, after the first step,
-`ds/` with the optimizer state); the output folder is committed through the storage
-layer, manifest last, with the worker's statistics. Worker output goes to the log,
-and a failure raises with its tail.
+`optim/` with the optimizer state, safetensors + JSON); the output folder is committed
+through the storage layer, manifest last, with the worker's statistics. Worker output
+goes to the log, and a failure raises with its tail.
+
+The workers die with the run: each is killed by the kernel when the process that
+launched it dies (PR_SET_PDEATHSIG), and with its whole process group when `launch` is
+interrupted (KeyboardInterrupt, SIGTERM under `a2tgpo.supervise`, any exception). Their
+temporary folder (`train-step-*`: job.json, the new checkpoint before its commit) is
+removed on every exit path; under the CLI's guardian it lies in the session's folder,
+which the guardian removes even after a SIGKILL; without it, the next train step on the
+machine removes the folder of a step whose process is gone (its `owner` file). job.json
+holds the run config, which has no credentials (storage credentials come from the
+environment).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,9 +44,17 @@ from a2tgpo.data.directories import commit_directory
 from a2tgpo.data.manifest import Manifest
 from a2tgpo.data.stage import read_manifest
 from a2tgpo.data.storage import Storage
+from a2tgpo.supervise import (
+    parent_death_preexec,
+    process_identity,
+    process_on_this_host_is_gone,
+    session_temp_dir,
+)
 from a2tgpo.training.worker import TrainJob
 
 log = logging.getLogger(__name__)
+WORK_PREFIX = "train-step-"
+OWNER_FILE = "owner"  # the process identity of the step using the folder
 
 
 def free_port() -> int:
@@ -82,25 +103,49 @@ def launch(config: RunConfig, job: TrainJob, log_path: Path, stream: bool = Fals
     """
     job_path = Path(job.out_dir).parent / "job.json"
     job_path.write_text(job.model_dump_json())
-    procs, copiers = [], []
+    procs: list[subprocess.Popen] = []
+    copiers: list[threading.Thread] = []
     with open(log_path, "w", buffering=1) as log_file:
-        for rank, (argv, extra) in enumerate(worker_commands(config, job_path)):
-            env = {**os.environ, **extra}
-            tee = stream and rank == 0
-            proc = subprocess.Popen(
-                argv, env=env, stderr=subprocess.STDOUT, stdout=subprocess.PIPE if tee else log_file
-            )
-            if tee:
-                copiers.append(threading.Thread(target=_tee, args=(proc.stdout, log_file)))
-                copiers[-1].start()
-            procs.append(proc)
-        codes = [p.wait() for p in procs]
-        for thread in copiers:
-            thread.join()
+        try:
+            for rank, (argv, extra) in enumerate(worker_commands(config, job_path)):
+                procs.append(_start_worker(argv, extra, log_file, tee=stream and rank == 0))
+                if procs[-1].stdout is not None:
+                    copiers.append(threading.Thread(target=_tee, args=(procs[-1].stdout, log_file)))
+                    copiers[-1].start()
+            codes = [p.wait() for p in procs]
+        except BaseException:
+            kill_workers(procs)  # never leave a worker running behind an interrupted step
+            raise
+        finally:
+            for thread in copiers:
+                thread.join()
     if any(codes):
         tail = log_path.read_text()[-12000:]
         raise RuntimeError(f"train-step workers failed (exit codes {codes}); log tail:\n{tail}")
     return json.loads((Path(job.out_dir) / "stats.json").read_text())
+
+
+def _start_worker(argv: list[str], extra: dict[str, str], log_file, tee: bool) -> subprocess.Popen:
+    """A worker in its own process group (killed as a whole), killed by the kernel if
+    this process dies; output to the log, or piped for `_tee`."""
+    return subprocess.Popen(
+        argv,
+        env={**os.environ, **extra},
+        stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE if tee else log_file,
+        process_group=0,
+        preexec_fn=parent_death_preexec(signal.SIGKILL),
+    )
+
+
+def kill_workers(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL each worker's process group (torchrun's children included) and reap it.
+    Nothing is lost: the step's output is uncommitted and its folder is removed."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    for proc in procs:
+        proc.wait()
 
 
 def _tee(pipe, log_file) -> None:
@@ -130,7 +175,10 @@ def train_and_commit(
     reference = None
     if reference_uri and config.train.kl_coef > 0:
         reference = str(local_policy(storage, reference_uri))
-    with tempfile.TemporaryDirectory(prefix="train-step-") as work:
+    temp_root = session_temp_dir() or tempfile.gettempdir()
+    remove_stale_work_dirs(temp_root)
+    with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=temp_root) as work:
+        (Path(work) / OWNER_FILE).write_text(process_identity())
         out_dir = Path(work) / "checkpoint"
         job = TrainJob(
             config=config,
@@ -151,6 +199,19 @@ def train_and_commit(
             parents=[advantaged_uri, policy_uri],
             stats=stats,
         )
+
+
+def remove_stale_work_dirs(temp_root: str | Path) -> None:
+    """Remove the train-step folders under `temp_root` left by a process of this host that
+    was killed (SIGKILL runs no cleanup); folders without an owner file are left alone."""
+    for folder in Path(temp_root).glob(f"{WORK_PREFIX}*"):
+        try:
+            owner = (folder / OWNER_FILE).read_text()
+        except OSError:  # no owner (yet): not ours to judge
+            continue
+        if process_on_this_host_is_gone(owner):
+            log.info("removing %s, left by a killed train step", folder)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_manifest_or_fail(storage: Storage, uri: str) -> Manifest:

@@ -6,8 +6,10 @@
 Reads the advantaged dataset, builds the DeepSpeed engine from the input policy
 (and its optimizer state, when the previous step left one), recomputes the old
 log-probs under the pre-update policy, runs the PPO update, and writes into
-`out_dir`: `hf/` (the next policy as an HF folder), `ds/` (engine and optimizer
-state for the next step) and `stats.json`. The launcher commits that folder.
+`out_dir`: `hf/` (the next policy as an HF folder), `optim/` (the optimizer state for
+the next step, safetensors + JSON: `a2tgpo.training.optimizer_state`) and
+`stats.json`. The launcher commits that folder. Nothing here unpickles: DeepSpeed's
+own checkpoints (torch pickles, loaded with weights_only=False) are never written or read.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -25,12 +28,15 @@ import torch
 from pydantic import BaseModel, Field
 
 from a2tgpo.config import RunConfig, TrainConfig
+from a2tgpo.data.checkpoints import STATE_DIR
 from a2tgpo.data.stage import read_stage
 from a2tgpo.data.storage import Storage
 from a2tgpo.engines.options import trainer_temperature
+from a2tgpo.supervise import set_parent_death_signal
 from a2tgpo.training.batching import pack, samples_from_table, shard_for_rank, split_mini_batches
 from a2tgpo.training.engine import build_engine, init_distributed, load_policy, train_dtype
 from a2tgpo.training.export import export_hf
+from a2tgpo.training.optimizer_state import load_optimizer_state, save_optimizer_state
 from a2tgpo.training.update import frozen_logprobs, idle_pass, run_sft, run_update
 
 log = logging.getLogger("a2tgpo.train")
@@ -42,9 +48,11 @@ class TrainJob(BaseModel):
     config: RunConfig
     advantaged_uri: str = Field(description="Committed advantaged dataset.")
     policy_dir: str = Field(description="Local HF folder of the policy to update.")
-    state_dir: str | None = Field(None, description="Local DeepSpeed state of the last step.")
+    state_dir: str | None = Field(
+        None, description="Local optimizer state (safetensors + JSON) of the last step."
+    )
     reference_dir: str | None = Field(None, description="Local HF folder of the KL reference.")
-    out_dir: str = Field(description="Local folder for hf/, ds/ and stats.json.")
+    out_dir: str = Field(description="Local folder for hf/, optim/ and stats.json.")
     policy_version: int = Field(description="Version of the policy this step writes.")
     mode: Literal["rl", "sft"] = Field(
         "rl",
@@ -175,9 +183,7 @@ def run(job: TrainJob) -> dict:
     batches, owned, batch_info = plan_batches(job, train, rank, world)
     engine = build_engine(job.policy_dir, train, dtype)
     if job.state_dir:
-        engine.load_checkpoint(
-            job.state_dir, tag="state", load_optimizer_states=True, load_lr_scheduler_states=False
-        )
+        load_optimizer_state(engine, job.state_dir)
     if job.mode == "sft":
         stats, old = run_sft(engine, batches, train.ppo_epochs, rank, world, config.seed), {}
     else:
@@ -192,7 +198,7 @@ def run(job: TrainJob) -> dict:
     out = Path(job.out_dir)
     export_hf(engine.module, job.policy_dir, out / "hf", dtype=dtype, write=rank == 0)
     if job.mode == "rl":  # the warm-start's optimizer state (its own lr) must not leak into RL
-        engine.save_checkpoint(str(out / "ds"), tag="state")
+        save_optimizer_state(engine, out / STATE_DIR, write=rank == 0)
     summary = {
         **stats.summary(),
         **batch_info,
@@ -212,6 +218,9 @@ def run(job: TrainJob) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # The launcher's preexec set this already; torchrun's workers (its children) need
+    # their own, so that a killed torchrun does not leave them running.
+    set_parent_death_signal(signal.SIGKILL)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = argv if argv is not None else sys.argv[1:]
     job = TrainJob.model_validate_json(Path(args[0]).read_text())

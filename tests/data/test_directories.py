@@ -144,3 +144,30 @@ def test_same_bytes_under_other_names_is_other_content(storage_config, tmp_path)
     for name in ("a", "b"):
         local = materialize(storage, storage.join(name), cache_dir=tmp_path / "cache")
         assert read_folder(local) == {f"{name}.bin": b"same bytes"}
+
+
+def test_a_tampered_file_is_refused_on_every_store(storage_config, tmp_path):
+    """A byte changed after the commit (in the committed folder of a local store, in the
+    download cache of S3) is caught against the manifest's sha256, naming the file."""
+    storage = Storage(storage_config)
+    make_checkpoint(tmp_path / "ckpt", "e")
+    uri = storage.join("ckpt")
+    commit_directory(storage, tmp_path / "ckpt", uri)
+    local = materialize(storage, uri, cache_dir=tmp_path / "cache")
+    weights = local / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[1000] ^= 0xFF  # same size: only the hash can tell
+    weights.write_bytes(bytes(data))
+    with pytest.raises(StageMismatch, match=r"model\.safetensors.*sha256"):
+        materialize(storage, uri, cache_dir=tmp_path / "cache")
+
+
+def test_a_file_added_after_the_commit_is_refused(storage_config, tmp_path):
+    storage = Storage(storage_config)
+    make_checkpoint(tmp_path / "ckpt", "f")
+    uri = storage.join("ckpt")
+    commit_directory(storage, tmp_path / "ckpt", uri)
+    local = materialize(storage, uri, cache_dir=tmp_path / "cache")
+    (local / "tokenizer" / "extra.pt").write_bytes(b"not in the manifest")
+    with pytest.raises(StageMismatch, match=r"tokenizer/extra\.pt.*not in its manifest"):
+        materialize(storage, uri, cache_dir=tmp_path / "cache")

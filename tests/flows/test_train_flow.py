@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,25 +91,41 @@ def test_train_flow_end_to_end_on_s3(prefect_harness, s3_run_config):
     assert run.data.tags["checkpoint.iter_00001"] == layout.stage(1, "checkpoint")
 
 
-def run_flow_in_subprocess(config, tmp_path) -> subprocess.Popen:
-    """The flow in its own process (and process group), with its own ephemeral Prefect."""
+def run_flow_in_subprocess(config, tmp_path) -> tuple[subprocess.Popen, Path]:
+    """The flow in its own process (and process group), on the test harness's Prefect
+    server (so the rerun sees its flow run); (the process, its log file)."""
+    from prefect.settings import PREFECT_API_URL
+
     spec = tmp_path / "config.json"
     spec.write_text(config.model_dump_json())
-    home = tmp_path / "prefect-home"
-    home.mkdir()
     code = (
         "from a2tgpo.config import RunConfig; from flows.train import train_flow; "
         f"train_flow(config=RunConfig.model_validate_json(open({str(spec)!r}).read()))"
     )
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    return subprocess.Popen(
-        [sys.executable, "-c", code],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    log = tmp_path / "killed-flow.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return process, log
+
+
+def flow_runs_of(run_id: str) -> dict[str, str]:
+    """{flow run id: state type} of the flow runs tagged with `run_id`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas import filters
+
+    from flows.train import RUN_TAG
+
+    tagged = filters.FlowRunFilter(tags=filters.FlowRunFilterTags(all_=[RUN_TAG + run_id]))
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=tagged)
+    return {str(run.id): run.state.type.value for run in runs}
 
 
 def test_killed_after_score_ig_resumes_without_recomputing(
@@ -119,18 +136,21 @@ def test_killed_after_score_ig_resumes_without_recomputing(
     train_flow(config=reference)
 
     layout = RunLayout.of(crashy)
-    process = run_flow_in_subprocess(crashy, tmp_path)
+    process, log = run_flow_in_subprocess(crashy, tmp_path)
     deadline = time.monotonic() + 900
     while read_manifest(layout.storage, layout.stage(0, "scored")) is None:
-        assert process.poll() is None, "the flow ended before score-ig committed"
-        assert time.monotonic() < deadline, "score-ig never committed"
+        assert process.poll() is None, f"ended before score-ig committed:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"score-ig never committed:\n{log.read_text()}"
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)  # the flow, its vLLM engine and any workers
     process.wait()
     before = stage_manifests(layout, crashy.iterations)
     assert "0/scored" in before and "1/checkpoint" not in before
 
+    (dead_flow_run,) = flow_runs_of("crashy")  # left RUNNING by the killed process
+
     train_flow(config=crashy)
+    assert_marked_crashed(crashy, dead_flow_run)
     after = stage_manifests(layout, crashy.iterations)
     for key, manifest in before.items():  # committed before the crash: never redone
         assert (
@@ -153,3 +173,22 @@ def test_killed_after_score_ig_resumes_without_recomputing(
         ours.state_dict().items(), theirs.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def assert_marked_crashed(config, dead_flow_run: str) -> None:
+    """The rerun marked the killed run KILLED in MLflow (tag a2tgpo.crashed) and its flow
+    run Crashed in Prefect; the rerun itself finished."""
+    client = MlflowClient(config.tracking.mlflow_uri)
+    experiment = client.get_experiment_by_name(experiment_name(config))
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`a2tgpo.run_id` = '{config.run_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
+    assert runs[0].data.tags["a2tgpo.crashed"] == "true"
+    assert runs[0].data.tags["prefect.flow_run_id"] == dead_flow_run
+    assert "a2tgpo.crashed" not in runs[1].data.tags
+    states = flow_runs_of(config.run_id)
+    assert states.pop(dead_flow_run) == "CRASHED"
+    assert list(states.values()) == ["COMPLETED"]
