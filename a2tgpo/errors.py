@@ -89,10 +89,7 @@ def _project(error: BaseException) -> str | None:
         from a2tgpo.data.errors import DatasetValidationError, NotCommitted, StageMismatch
 
         types += [DatasetValidationError, NotCommitted, StageMismatch]
-    with contextlib.suppress(ImportError):
-        from a2tgpo.data.loaders import LoaderError
-
-        types.append(LoaderError)
+    # LoaderError is an InputError: no import of the loaders (they import the config)
     return str(error) if isinstance(error, tuple(types)) else None
 
 

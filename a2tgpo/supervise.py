@@ -46,9 +46,12 @@ TEMP_ENV = "A2TGPO_SESSION_TMP"  # the session's temporary folder, removed by th
 GRACE_S = float(os.environ.get("A2TGPO_TERMINATE_GRACE_S", "15"))
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
+# The command process runs the CLI; the import is in the child's code, not here, so the
+# library modules that use this one (the launcher) do not depend on the CLI.
 _COMMAND_CODE = (
     "import sys; sys.argv[0] = sys.argv.pop(1); "
-    "from a2tgpo.supervise import command_main; command_main()"
+    "from a2tgpo.supervise import prepare_command; prepare_command(); "
+    "from a2tgpo.cli import main; main()"
 )
 _GUARDIAN_CODE = (
     "import sys; sys.argv[0] = sys.argv.pop(1); "
@@ -181,13 +184,11 @@ def guardian_main() -> None:
     os._exit(_exit_code(code))
 
 
-def command_main() -> None:
-    """The command itself: the CLI as usual, unwinding (finally blocks run) on SIGTERM."""
+def prepare_command() -> None:
+    """In the command process, before the CLI runs: end at once if the guardian is
+    already gone, and unwind (finally blocks run) on SIGTERM."""
     _exit_if_orphaned()
     signal.signal(signal.SIGTERM, _raise_exit)
-    from a2tgpo.cli import main
-
-    main()
 
 
 def end_group(grace_s: float) -> None:

@@ -27,7 +27,6 @@ from a2tgpo.data.stage import read_manifest, read_stage
 from a2tgpo.faults import ENV
 from a2tgpo.layout import RunLayout
 from a2tgpo.presets import resolve_config
-from flows.train import train_flow
 from tests.flows.conftest import TINY_RUN
 
 pytestmark = pytest.mark.slow
@@ -61,11 +60,12 @@ def tiny_local_config(root: Path, mlflow_uri: str, run_id: str) -> RunConfig:
     )
 
 
-def run_until_killed(config: RunConfig, failpoint: str, folder: Path) -> str:
-    """The flow in a subprocess that dies at `failpoint`; returns its log."""
+def run_flow(config: RunConfig, failpoint: str | None, folder: Path) -> str:
+    """The flow in a subprocess that dies at `failpoint` (None: runs to the end); its log."""
     from prefect.settings import PREFECT_API_URL
 
-    spec = folder / f"{failpoint.replace(':', '_').replace('/', '_')}.json"
+    name = failpoint or f"{config.run_id}-complete"
+    spec = folder / f"{name.replace(':', '_').replace('/', '_')}.json"
     spec.write_text(config.model_dump_json())
     log_path = spec.with_suffix(".log")
     code = (
@@ -73,7 +73,7 @@ def run_until_killed(config: RunConfig, failpoint: str, folder: Path) -> str:
         f"train_flow(config=RunConfig.model_validate_json(open({str(spec)!r}).read()))"
     )
     # the test harness's Prefect server: no ephemeral server start per process
-    env = {**os.environ, ENV: failpoint, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    env = {**os.environ, ENV: failpoint or "", "PREFECT_API_URL": PREFECT_API_URL.value()}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -84,6 +84,9 @@ def run_until_killed(config: RunConfig, failpoint: str, folder: Path) -> str:
         finally:
             _kill_group(process.pid)  # what the dead process left behind (engines, workers)
     text = log_path.read_text(errors="replace")
+    if failpoint is None:
+        assert code == 0, f"run failed (exit {code}):\n{text[-6000:]}"
+        return text
     assert code == -signal.SIGKILL, f"run did not die at {failpoint} (exit {code}):\n{text[-6000:]}"
     assert f"failpoint {failpoint}" in text, text[-6000:]
     return text
@@ -97,14 +100,17 @@ def _kill_group(pgid: int) -> None:
 def test_killed_at_every_boundary_and_middle_resumes_to_the_same_run(
     prefect_harness, mlflow_uri, tmp_path
 ):
-    reference = tiny_local_config(tmp_path / "store", mlflow_uri, "reference")
-    crashy = tiny_local_config(tmp_path / "store", mlflow_uri, "crashy")
-    train_flow(config=reference)
+    # run ids of this test alone: the session's Prefect server holds other tests' runs
+    reference = tiny_local_config(tmp_path / "store", mlflow_uri, "chain-reference")
+    crashy = tiny_local_config(tmp_path / "store", mlflow_uri, "chain")
+    # the reference runs in a fresh process too: a process the test suite has used may
+    # compute with other thread settings, and the comparison is bit for bit
+    run_flow(reference, None, tmp_path)
 
     layout = RunLayout.of(crashy)
     for failpoint in FAILPOINTS:
-        run_until_killed(crashy, failpoint, tmp_path)
-    train_flow(config=crashy)  # the last run: no failpoint, completes
+        run_flow(crashy, failpoint, tmp_path)
+    run_flow(crashy, None, tmp_path)  # the last run: no failpoint, completes
 
     ref = RunLayout.of(reference)
     for k in range(crashy.iterations):
