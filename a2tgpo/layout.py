@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from a2tgpo.config import RunConfig, flatten
+from a2tgpo.config import RunConfig
+from a2tgpo.config_ops import flatten
 from a2tgpo.config_rules import check_run_id
 from a2tgpo.data.stage import read_manifest
 from a2tgpo.data.storage import Storage

@@ -22,7 +22,8 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from a2tgpo.config import RunConfig, apply_overrides
+from a2tgpo.config import RunConfig
+from a2tgpo.config_ops import apply_overrides
 from a2tgpo.reference_presets import a2tgpo_qwen3_4b, search_qa_7b
 
 

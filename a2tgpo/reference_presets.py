@@ -13,7 +13,8 @@ repository's tests beyond validation: they need a 4B / 7B model and eight GPUs.
 
 from __future__ import annotations
 
-from a2tgpo.config import RunConfig, apply_overrides
+from a2tgpo.config import RunConfig
+from a2tgpo.config_ops import apply_overrides
 
 # What both recipes share: a search-QA run against the in-cluster retrieval server, a
 # fresh engine per stage (a pod per stage), no synthetic warm-start.

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from a2tgpo.config import RunConfig, flatten
+from a2tgpo.config import RunConfig
+from a2tgpo.config_ops import flatten
 from a2tgpo.supervise import identity_alive, process_identity
 
 PARAM_BATCH = 100  # MLflow accepts at most 100 params per batch call

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from a2tgpo.config import RunConfig, apply_overrides
+from a2tgpo.config import RunConfig
+from a2tgpo.config_ops import apply_overrides
 from a2tgpo.engines.options import engine_options, logprob_mismatch_warning, trainer_temperature
 
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from a2tgpo.config import RunConfig, StorageConfig, apply_overrides
+from a2tgpo.config import RunConfig, StorageConfig
+from a2tgpo.config_ops import apply_overrides
 from a2tgpo.data.stage import read_manifest, read_stage
 from a2tgpo.data.storage import Storage
 from a2tgpo.envs.prompting import (

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from a2tgpo.config import RunConfig, apply_overrides
+from a2tgpo.config import RunConfig
+from a2tgpo.config_ops import apply_overrides
 from a2tgpo.data.storage import Storage
 from a2tgpo.layout import RunLayout
 
