@@ -19,7 +19,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from a2tgpo.config import RunConfig
-from a2tgpo.data.stage import read_manifest
+from a2tgpo.data.commit import is_committed
 from a2tgpo.errors import InputError
 from a2tgpo.layout import RunLayout
 from a2tgpo.presets import resolve_config
@@ -46,7 +46,11 @@ def evaluate_flow(
     version = 0
     if not policy_uri:
         policy_uri, version = layout.latest_policy(config)
-        if version == 0 and config.warmstart.enabled and not committed(layout, policy_uri):
+        if (
+            version == 0
+            and config.warmstart.enabled
+            and not is_committed(layout.storage, policy_uri)
+        ):
             raise InputError(
                 f"run {config.run_id!r} has no checkpoint yet (not even its warm-start): "
                 "train it first, pass --policy, or set warmstart.enabled=false to evaluate "
@@ -71,10 +75,6 @@ def evaluate_flow(
         return {"results": by_source, "policy": policy_uri, "version": version}
     finally:
         tracker.finish(status)
-
-
-def committed(layout: RunLayout, uri: str) -> bool:
-    return read_manifest(layout.storage, uri) is not None
 
 
 if __name__ == "__main__":
