@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, Field
 
+from a2tgpo.config_rules import Section as _Section
 from a2tgpo.config_rules import check_run_id, check_storage_root, refuse_credentials
+from a2tgpo.config_train import PipelineConfig, TrainConfig, WarmstartConfig
 
 if TYPE_CHECKING:  # only for the annotation: a2tgpo.algo imports torch
     from a2tgpo.algo import EstimatorSettings
@@ -23,11 +25,6 @@ if TYPE_CHECKING:  # only for the annotation: a2tgpo.algo imports torch
 UrlStr = Annotated[str, AfterValidator(refuse_credentials)]  # any URL or URI field
 StorageRoot = Annotated[str, AfterValidator(check_storage_root)]
 RunId = Annotated[str, AfterValidator(check_run_id)]
-
-
-class _Section(BaseModel):
-    # hide_input_in_errors: a refused value may be a credential; errors name the field only.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
 
 class StorageConfig(_Section):
@@ -283,48 +280,6 @@ class EstimatorConfig(_Section):
         return EstimatorSettings.of(**switches)
 
 
-class TrainConfig(_Section):
-    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    ppo_epochs: int = Field(1, ge=1, description="Passes over the iteration's batch.")
-    mini_batches: int = Field(2, ge=1, description="Optimizer steps per epoch.")
-    micro_batch_tokens: int = Field(
-        4096, ge=64, description="Token budget of one micro-batch (padding-free packing)."
-    )
-    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
-    ratio_level: Literal["token", "turn"] = Field(
-        "token", description="PPO ratio per token, or one ratio per turn (GSPO-style)."
-    )
-    loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = Field(
-        "token-mean", description="How per-token losses are aggregated."
-    )
-    dual_clip: float | None = Field(3.0, description="Dual-clip constant c for A<0; None = off.")
-    kl_coef: float = Field(0.0, ge=0, description="Low-variance KL to the reference policy.")
-    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient.")
-    zero_stage: Literal[0, 1, 2, 3] = Field(3, description="DeepSpeed ZeRO stage.")
-    offload_params: bool = Field(False, description="ZeRO-3: offload parameters to CPU memory.")
-    offload_optimizer: bool = Field(False, description="ZeRO: offload optimizer state to CPU.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
-    num_gpus: int = Field(
-        0, ge=0, description="GPUs per node for the launcher (torchrun); 0 = train on CPU (gloo)."
-    )
-    cpu_processes: int = Field(
-        1, ge=1, description="CPU training: data-parallel processes (ranks) when num_gpus is 0."
-    )
-
-
-class WarmstartConfig(_Section):
-    enabled: bool = Field(
-        True, description="Supervised warm-start on synthetic demonstrations before RL."
-    )
-    examples: int = Field(1000, ge=1, description="Demonstrations to train on.")
-    epochs: int = Field(3, ge=1, description="Passes over the demonstrations.")
-    learning_rate: float = Field(3e-3, gt=0, description="Warm-start learning rate.")
-    micro_batch_tokens: int = Field(
-        2048, ge=64, description="Padded tokens per warm-start step (one step per micro-batch)."
-    )
-
-
 class EvalConfig(_Section):
     every: int = Field(
         2, ge=0, description="Evaluate every N iterations (0 = never; also at the end)."
@@ -387,6 +342,9 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Policy update.")
     warmstart: WarmstartConfig = Field(
         default_factory=WarmstartConfig, description="Supervised warm-start."
+    )
+    pipeline: PipelineConfig = Field(
+        default_factory=PipelineConfig, description="Trainer processes and stage overlap."
     )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")

@@ -20,6 +20,8 @@ from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 from urllib.parse import parse_qsl
 
+from pydantic import BaseModel, ConfigDict
+
 from a2tgpo.errors import UnsafeValue
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -92,3 +94,10 @@ def takes_text(model: Any, path: list[str]) -> bool:
 
 def _unannotated(annotation: Any) -> Any:
     return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+
+
+class Section(BaseModel):
+    """The base of every section of the config tree (`a2tgpo.config`)."""
+
+    # hide_input_in_errors: a refused value may be a credential; errors name the field only.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)

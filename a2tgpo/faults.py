@@ -11,6 +11,8 @@ node dies or the OOM killer strikes. The names in use:
 - `before-commit:<last two parts of the output URI>`: a stage wrote all its files and
   is about to write its manifest (e.g. `before-commit:iter=00000/trajectories`): the
   middle of a stage, the worst moment for a torn write.
+- `train-worker:<policy version>`: a train-step worker (rank) is starting the step that
+  writes that policy version.
 
 The check costs one dictionary lookup, so the calls stay in production code.
 """

@@ -11,6 +11,7 @@ from a2tgpo.algo.advantages import (
     turn_advantage_details,
     turn_advantages,
 )
+from a2tgpo.algo.correction import CORRECTION_MODES, rollout_correction_weights
 from a2tgpo.algo.ig import IG_MODES, information_gain, information_gain_rows
 from a2tgpo.algo.loss import (
     AGGREGATIONS,
@@ -25,6 +26,7 @@ from a2tgpo.algo.loss import (
 
 __all__ = [
     "AGGREGATIONS",
+    "CORRECTION_MODES",
     "ESTIMATORS",
     "IG_MODES",
     "RATIO_LEVELS",
@@ -41,6 +43,7 @@ __all__ = [
     "low_var_kl",
     "policy_loss",
     "register_estimator",
+    "rollout_correction_weights",
     "turn_advantage_details",
     "turn_advantages",
     "turn_mean",

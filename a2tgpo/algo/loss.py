@@ -7,6 +7,7 @@ policy generated (prompt, tool observations and padding are 0). Per token:
     rho = exp(logp - old_logp)            (ratio_level="turn": the turn's mean log-ratio)
     l   = max(-A rho, -A clamp(rho, 1 - eps_low, 1 + eps_high))
     l   = min(l, -c A)  where A < 0       (dual clip, c = dual_clip)
+    l   = w l                             (optional `weights`, e.g. the rollout correction)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def policy_loss(
     ratio_level: str = "token",
     turn_ids: torch.Tensor | None = None,
     denominator: float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Clipped surrogate loss and its statistics.
 
@@ -41,6 +43,8 @@ def policy_loss(
     gives the loss of the whole mini-batch. `turn_ids` ([batch, tokens], the 0-based
     turn index of each generated token, -1 elsewhere) is required for
     ratio_level="turn" and adds per-turn-index clip fractions to the stats.
+    `weights` (detached, e.g. `rollout_correction_weights`) multiply the per-token loss
+    after clipping; None leaves the loss exactly as without them.
     """
     if agg not in AGGREGATIONS:
         raise ValueError(f"unknown agg {agg!r}; choose one of {AGGREGATIONS}")
@@ -56,6 +60,7 @@ def policy_loss(
         eps_high=eps_high,
         mask=mask,
         turn_ids=turn_ids,
+        weights=weights,
     )
     valid = mask.bool()
     log_ratio = logp - old_logp.detach()
@@ -75,6 +80,8 @@ def policy_loss(
         bound = -adv * dual_clip
         dual_active = valid & (adv < 0) & (bound < loss_tok)
         loss_tok = torch.where(adv < 0, torch.minimum(loss_tok, bound), loss_tok)
+    if weights is not None:  # skipped when absent so the loss stays bit-identical
+        loss_tok = loss_tok * weights.detach()
 
     loss = aggregate(loss_tok, valid, agg, denominator)
     stats = _loss_stats(ratio, log_ratio, valid, clip_active, dual_active, adv, turn_ids)

@@ -62,6 +62,8 @@ class EngineSession:
         self.owns_engine = True
         self.key = ""  # the engine's settings + tokenizer, when it may be parked for reuse
         self.timings: list[dict[str, float]] = []  # one entry per start or reload
+        # the flow's persistent trainer (a2tgpo.training.persistent), closed with the session
+        self.trainer = None
 
     @classmethod
     def around(cls, config: RunConfig, engine: Engine) -> EngineSession:
@@ -108,6 +110,9 @@ class EngineSession:
         return self.engine
 
     def close(self) -> None:
+        if self.trainer is not None:
+            self.trainer.close()
+            self.trainer = None
         if self.engine is not None and self.owns_engine:
             if _REUSE_DEPTH and self.key:
                 previous = _PARKED.pop(self.key, None)

@@ -16,6 +16,7 @@ from a2tgpo.data.manifest import Manifest
 from a2tgpo.data.stage import read_stage, resumable
 from a2tgpo.data.storage import Storage
 from a2tgpo.errors import InputError
+from a2tgpo.rollout.session import EngineSession
 from a2tgpo.training.launcher import train_and_commit
 
 
@@ -29,11 +30,13 @@ def run_train_step(
     policy_version: int,
     reference_uri: str | None = None,
     stream: bool = False,
+    session: EngineSession | None = None,
 ) -> Manifest:
     """Update the policy in `policy_uri` on `advantaged_uri`; commit it at `out_uri`.
 
     `reference_uri` is the KL reference (read only when `train.kl_coef > 0`); `stream`
-    copies rank 0's output to stderr (a CLI run's progress bars)."""
+    copies rank 0's output to stderr (a CLI run's progress bars); a `session` holding a
+    persistent trainer (`pipeline.trainer`) runs the step on its workers."""
     check_trainable(config, advantaged_uri)
     return train_and_commit(
         config,
@@ -43,6 +46,7 @@ def run_train_step(
         policy_version=policy_version,
         reference_uri=reference_uri,
         stream=stream,
+        trainer=session.trainer if session is not None else None,
     )
 
 

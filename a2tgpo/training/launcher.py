@@ -36,7 +36,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from a2tgpo.config import RunConfig
 from a2tgpo.data.checkpoints import checkpoint_parts, local_checkpoint, local_policy
@@ -52,8 +54,12 @@ from a2tgpo.supervise import (
 )
 from a2tgpo.training.worker import TrainJob
 
+if TYPE_CHECKING:
+    from a2tgpo.training.persistent import PersistentTrainer
+
 log = logging.getLogger(__name__)
 WORK_PREFIX = "train-step-"
+SERVICE_GLOB = "train-service-*"  # the persistent trainer's control folders
 OWNER_FILE = "owner"  # the process identity of the step using the folder
 
 
@@ -63,9 +69,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker_commands(config: RunConfig, job_path: Path) -> list[tuple[list[str], dict[str, str]]]:
-    """The processes to start: (argv, extra environment) per process."""
+def world_size(config: RunConfig) -> int:
+    return config.train.num_gpus if config.train.num_gpus > 0 else config.train.cpu_processes
+
+
+def worker_commands(
+    config: RunConfig, job_path: Path | None, serve: Path | None = None
+) -> list[tuple[list[str], dict[str, str]]]:
+    """The processes to start: (argv, extra environment) per process. Each runs the job
+    at `job_path`, or with `serve` answers the persistent trainer's jobs in that folder."""
     port = str(free_port())
+    args = ["--serve", str(serve)] if serve is not None else [str(job_path)]
     if config.train.num_gpus > 0:
         argv = [
             sys.executable,
@@ -75,7 +89,7 @@ def worker_commands(config: RunConfig, job_path: Path) -> list[tuple[list[str], 
             f"--master_port={port}",
             "-m",
             "a2tgpo.training.worker",
-            str(job_path),
+            *args,
         ]
         return [(argv, {})]
     world = config.train.cpu_processes
@@ -88,37 +102,58 @@ def worker_commands(config: RunConfig, job_path: Path) -> list[tuple[list[str], 
     }
     return [
         (
-            [sys.executable, "-m", "a2tgpo.training.worker", str(job_path)],
+            [sys.executable, "-m", "a2tgpo.training.worker", *args],
             {**base, "RANK": str(r), "LOCAL_RANK": str(r)},
         )
         for r in range(world)
     ]
 
 
+def start_workers(
+    commands: list[tuple[list[str], dict[str, str]]], log_path: Path, stream: bool = False
+) -> tuple[list[subprocess.Popen], list[threading.Thread]]:
+    """Start the worker processes, their output into `log_path` (with `stream`, rank 0's
+    also to stderr, through a copier thread); on a failed start none is left running."""
+    procs: list[subprocess.Popen] = []
+    copiers: list[threading.Thread] = []
+    log_path.write_text("")
+    try:  # every writer appends: the children's shared descriptor and the copiers' own
+        with open(log_path, "a", buffering=1) as log_file:
+            for rank, (argv, extra) in enumerate(commands):
+                procs.append(_start_worker(argv, extra, log_file, tee=stream and rank == 0))
+                if procs[-1].stdout is not None:
+                    copiers.append(threading.Thread(target=_tee, args=(procs[-1].stdout, log_path)))
+                    copiers[-1].start()
+    except BaseException:
+        kill_workers(procs)
+        raise
+    return procs, copiers
+
+
 def launch(config: RunConfig, job: TrainJob, log_path: Path, stream: bool = False) -> dict:
     """Run the workers to completion; returns the stats the worker wrote.
 
     Output goes to `log_path`; with `stream`, rank 0's output is also copied to stderr
-    (progress bars of a CLI run).
+    (progress bars of a CLI run). Past `pipeline.step_timeout_s` the workers are killed.
     """
     job_path = Path(job.out_dir).parent / "job.json"
     job_path.write_text(job.model_dump_json())
-    procs: list[subprocess.Popen] = []
-    copiers: list[threading.Thread] = []
-    with open(log_path, "w", buffering=1) as log_file:
-        try:
-            for rank, (argv, extra) in enumerate(worker_commands(config, job_path)):
-                procs.append(_start_worker(argv, extra, log_file, tee=stream and rank == 0))
-                if procs[-1].stdout is not None:
-                    copiers.append(threading.Thread(target=_tee, args=(procs[-1].stdout, log_file)))
-                    copiers[-1].start()
-            codes = [p.wait() for p in procs]
-        except BaseException:
-            kill_workers(procs)  # never leave a worker running behind an interrupted step
-            raise
-        finally:
-            for thread in copiers:
-                thread.join()
+    procs, copiers = start_workers(worker_commands(config, job_path), log_path, stream)
+    deadline = time.monotonic() + config.pipeline.step_timeout_s
+    try:
+        codes = [p.wait(timeout=max(deadline - time.monotonic(), 0.001)) for p in procs]
+    except subprocess.TimeoutExpired:
+        kill_workers(procs)
+        raise RuntimeError(
+            f"train step ran past pipeline.step_timeout_s={config.pipeline.step_timeout_s}; "
+            f"workers killed; log tail:\n{log_path.read_text()[-12000:]}"
+        ) from None
+    except BaseException:
+        kill_workers(procs)  # never leave a worker running behind an interrupted step
+        raise
+    finally:
+        for thread in copiers:
+            thread.join()
     if any(codes):
         tail = log_path.read_text()[-12000:]
         raise RuntimeError(f"train-step workers failed (exit codes {codes}); log tail:\n{tail}")
@@ -148,10 +183,11 @@ def kill_workers(procs: list[subprocess.Popen]) -> None:
         proc.wait()
 
 
-def _tee(pipe, log_file) -> None:
-    for line in iter(pipe.readline, b""):
-        log_file.write(line.decode(errors="replace"))
-        sys.stderr.write(line.decode(errors="replace"))
+def _tee(pipe, log_path: Path) -> None:
+    with open(log_path, "a", buffering=1) as log_file:
+        for line in iter(pipe.readline, b""):
+            log_file.write(line.decode(errors="replace"))
+            sys.stderr.write(line.decode(errors="replace"))
 
 
 def train_and_commit(
@@ -164,11 +200,14 @@ def train_and_commit(
     reference_uri: str | None = None,
     mode: str = "rl",
     stream: bool = False,
+    trainer: PersistentTrainer | None = None,
 ) -> Manifest:
     """Update the policy in `policy_uri` on `advantaged_uri`; commit it at `out_uri`.
 
     mode="sft" fits a trajectories dataset by likelihood instead (the warm-start).
+    `trainer` runs the step on the persistent trainer's workers instead of new ones.
     """
+    start = time.perf_counter()
     storage = Storage(config.storage)
     read_manifest_or_fail(storage, advantaged_uri)
     policy_hf, state = checkpoint_parts(local_checkpoint(storage, policy_uri))
@@ -188,9 +227,16 @@ def train_and_commit(
             reference_dir=reference,
             out_dir=str(out_dir),
             policy_version=policy_version,
+            policy_uri=policy_uri,
+            out_uri=out_uri,
             mode=mode,
         )
-        stats = launch(config, job, Path(work) / "worker.log", stream=stream)
+        begin = time.perf_counter()
+        if trainer is not None:
+            stats = trainer.run(job)
+        else:
+            stats = launch(config, job, Path(work) / "worker.log", stream=stream)
+        add_step_timing(stats, begin - start, time.perf_counter() - begin)
         return commit_directory(
             storage,
             out_dir,
@@ -201,10 +247,26 @@ def train_and_commit(
         )
 
 
+def add_step_timing(stats: dict, prepare_s: float, workers_s: float) -> None:
+    """Split the step's wall time: `startup` is everything the workers did not spend on
+    reading data, old log-probs, the update and the export (process start, process group,
+    engine build, checkpoint load; for a persistent trainer's held policy, ~0)."""
+    timing = stats.setdefault("timing", {})
+    compute = sum(timing.get(k, 0.0) for k in ("read_s", "old_logprobs_s", "update_s", "export_s"))
+    timing |= {"prepare_s": prepare_s, "workers_s": workers_s}
+    timing["startup_s"] = max(workers_s - compute, 0.0)
+    metrics = stats.setdefault("metrics", {})
+    metrics["time/train_startup_s"] = timing["startup_s"]
+    metrics["time/train_compute_s"] = compute
+    metrics["time/train_prepare_s"] = prepare_s
+
+
 def remove_stale_work_dirs(temp_root: str | Path) -> None:
-    """Remove the train-step folders under `temp_root` left by a process of this host that
-    was killed (SIGKILL runs no cleanup); folders without an owner file are left alone."""
-    for folder in Path(temp_root).glob(f"{WORK_PREFIX}*"):
+    """Remove the train-step and trainer folders under `temp_root` left by a process of
+    this host that was killed (SIGKILL runs no cleanup); folders without an owner file
+    are left alone."""
+    folders = [*Path(temp_root).glob(f"{WORK_PREFIX}*"), *Path(temp_root).glob(SERVICE_GLOB)]
+    for folder in folders:
         try:
             owner = (folder / OWNER_FILE).read_text()
         except OSError:  # no owner (yet): not ours to judge

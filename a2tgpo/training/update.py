@@ -10,6 +10,10 @@ old, new and reference log-probs all come from logits divided by the same
 `temperature` (`a2tgpo.engines.options.trainer_temperature`), so the ratio, the KL
 and the entropy are of the distribution the rollout sampled from (verl's rule); the
 SFT warm-start is plain likelihood (temperature 1).
+
+With `train.rollout_correction` = tis/mis each token's loss is also weighted by the
+old policy's over the rollout engine's probability (`a2tgpo.algo.correction`), from the
+old log-probs and the trajectories' stored `rollout_logprobs`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from a2tgpo.algo import aggregate, entropy_from_log_probs, low_var_kl, policy_loss
+from a2tgpo.algo import (
+    aggregate,
+    entropy_from_log_probs,
+    low_var_kl,
+    policy_loss,
+    rollout_correction_weights,
+)
 from a2tgpo.config import TrainConfig
 from a2tgpo.training.batching import MicroBatch, shard_for_rank, split_mini_batches
 
@@ -82,6 +92,12 @@ class UpdateStats:
     by_turn: dict[int, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
     tokens: int = 0
     seconds: float = 0.0
+    # The rollout correction's token-weighted sums ("tokens", "weight", "capped"), overall
+    # and per turn index; empty while the correction is off.
+    correction: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    correction_by_turn: dict[int, dict[str, float]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(float))
+    )
 
     def add(self, stats: dict[str, Any]) -> None:
         n = stats["tokens"]
@@ -102,6 +118,33 @@ class UpdateStats:
         ):
             self.by_turn[k][0] += frac * count
             self.by_turn[k][1] += count
+        if "correction_tokens" in stats:
+            self._add_correction(stats)
+
+    def _add_correction(self, stats: dict[str, Any]) -> None:
+        n = stats["correction_tokens"]
+        self.correction["tokens"] += n
+        self.correction["weight"] += stats["correction_weight_mean"] * n
+        self.correction["capped"] += stats["correction_capped_fraction"] * n
+        by_turn = zip(
+            stats.get("correction_tokens_by_turn", []),
+            stats.get("correction_weight_mean_by_turn", []),
+            stats.get("correction_capped_fraction_by_turn", []),
+            strict=True,
+        )
+        for k, (count, weight, capped) in enumerate(by_turn):
+            self.correction_by_turn[k]["tokens"] += count
+            self.correction_by_turn[k]["weight"] += weight * count
+            self.correction_by_turn[k]["capped"] += capped * count
+
+    def correction_metrics(self) -> dict[str, float]:
+        """The correction's token-weighted means under MLflow names; {} when it was off."""
+        if not self.correction:
+            return {}
+        metrics = _correction_means(self.correction)
+        for k, sums in sorted(self.correction_by_turn.items()):
+            metrics |= _correction_means(sums, f"/turn_{k}")
+        return metrics
 
     def summary(self) -> dict[str, Any]:
         n = max(self.tokens, 1)
@@ -116,7 +159,17 @@ class UpdateStats:
             },
             "trained_tokens": self.tokens,
             "seconds": self.seconds,
+            "correction": self.correction_metrics(),
         }
+
+
+def _correction_means(sums: dict[str, float], suffix: str = "") -> dict[str, float]:
+    n = sums["tokens"]
+    # A turn index no sample of this rank reached has no tokens: the neutral weight 1.
+    return {
+        f"correction/weight_mean{suffix}": sums["weight"] / n if n else 1.0,
+        f"correction/capped_fraction{suffix}": sums["capped"] / n if n else 0.0,
+    }
 
 
 def mini_batch_denominator(group: list[MicroBatch], agg: str) -> float:
@@ -140,9 +193,14 @@ def micro_batch_loss(
         engine, mb, with_entropy=train.entropy_coef > 0, temperature=temperature
     )
     mask = mb.padded("mask", dtype=torch.bool).to(device)
+    turn_ids = mb.padded("turn_ids", fill=-1, dtype=torch.long).to(device)
+    old = old.to(device)
+    weights, correction = None, {}  # None: policy_loss skips the multiply (bit-identical)
+    if train.rollout_correction != "none":
+        weights, correction = correction_weights(mb, old, mask, turn_ids, train)
     loss, stats = policy_loss(
         logp,
-        old.to(device),
+        old,
         mb.padded("advantage").to(device),
         mb.padded("eps_low").to(device),
         mb.padded("eps_high").to(device),
@@ -150,15 +208,38 @@ def micro_batch_loss(
         dual_clip=train.dual_clip,
         agg=train.loss_agg,
         ratio_level=train.ratio_level,
-        turn_ids=mb.padded("turn_ids", fill=-1, dtype=torch.long).to(device),
+        turn_ids=turn_ids,
         denominator=denominator,
+        weights=weights,
     )
     if train.kl_coef > 0:
         kl = aggregate(low_var_kl(logp, ref.to(device)), mask, train.loss_agg, denominator)
         loss = loss + train.kl_coef * kl
     if entropy is not None:
         loss = loss - train.entropy_coef * aggregate(entropy, mask, train.loss_agg, denominator)
-    return loss, stats
+    return loss, stats | correction
+
+
+def correction_weights(mb: MicroBatch, old, mask, turn_ids, train: TrainConfig):
+    """The rollout correction's per-token weights and its stats (keys `correction_*`)."""
+    missing = [s.index for s in mb.samples if s.rollout_logprobs is None]
+    if missing:
+        raise ValueError(
+            f"train.rollout_correction={train.rollout_correction!r} needs the rollout engine's "
+            f"log-probs (rollout.logprobs) in the trajectory row's rollout_logprobs column; "
+            f"rows {missing[:5]} have none"
+        )
+    rollout = mb.padded("rollout_logprobs").to(device=old.device, dtype=old.dtype)
+    weights, _, stats = rollout_correction_weights(
+        old,
+        rollout,
+        mask,
+        mode=train.rollout_correction,
+        cap=train.correction_cap,
+        level=train.ratio_level,
+        turn_ids=turn_ids,
+    )
+    return weights, {f"correction_{key}": value for key, value in stats.items()}
 
 
 def idle_pass(engine) -> torch.Tensor:

@@ -20,8 +20,9 @@ import math
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from a2tgpo.data.checkpoints import STATE_DIR
 from a2tgpo.data.stage import read_stage
 from a2tgpo.data.storage import Storage
 from a2tgpo.engines.options import trainer_temperature
+from a2tgpo.faults import failpoint
 from a2tgpo.supervise import set_parent_death_signal
 from a2tgpo.training.batching import pack, samples_from_table, shard_for_rank, split_mini_batches
 from a2tgpo.training.engine import build_engine, init_distributed, load_policy, train_dtype
@@ -54,6 +56,12 @@ class TrainJob(BaseModel):
     reference_dir: str | None = Field(None, description="Local HF folder of the KL reference.")
     out_dir: str = Field(description="Local folder for hf/, optim/ and stats.json.")
     policy_version: int = Field(description="Version of the policy this step writes.")
+    policy_uri: str | None = Field(
+        None,
+        description="Committed URI of the input policy: a persistent worker that holds it "
+        "(the output of its last step) trains on from memory.",
+    )
+    out_uri: str | None = Field(None, description="Where the launcher commits this step.")
     mode: Literal["rl", "sft"] = Field(
         "rl",
         description="rl: the A²TGPO update on an advantaged dataset. sft: likelihood of "
@@ -168,37 +176,75 @@ def mlflow_metrics(summary: dict) -> dict[str, float]:
         "throughput/train_tokens_per_s": summary["tokens_per_s"],
         "train/skipped_too_long": float(summary.get("skipped_too_long", 0)),
         **summary["mismatch"],
+        **summary.get("correction", {}),
     }
     for k, fraction in summary.get("clip_fraction_by_turn", {}).items():
         metrics[f"clip_fraction/turn_{k}"] = fraction
     return metrics
 
 
-def run(job: TrainJob) -> dict:
-    rank, world = init_distributed()
-    start = time.perf_counter()
-    config = job.config
-    train = effective_train_config(job)
-    dtype = train_dtype(config.model.dtype)
-    batches, owned, batch_info = plan_batches(job, train, rank, world)
+@dataclass
+class Resident:
+    """What a persistent worker keeps between train steps (`a2tgpo.training.serve`)."""
+
+    engine: Any
+    policy_uri: str | None  # the committed checkpoint the engine's weights and state equal
+    reference: Any | None = None  # the KL reference model, loaded once
+    released: bool = False  # states offloaded to CPU memory (pipeline.release_trainer_memory)
+
+
+def open_engine(job: TrainJob, train: TrainConfig, dtype, resident: Resident | None) -> Resident:
+    """The engine of this step: the resident one when it holds the job's input policy, else
+    one built from the checkpoint folder (with its optimizer state)."""
+    if resident is not None:
+        if job.mode != "rl" or job.policy_uri is None or resident.policy_uri != job.policy_uri:
+            raise RuntimeError(
+                f"this worker holds {resident.policy_uri}, the step needs {job.policy_uri}: "
+                "the trainer must restart its workers"
+            )
+        if resident.released:
+            resident.engine.reload_states()
+            resident.released = False
+        return resident
     engine = build_engine(job.policy_dir, train, dtype)
     if job.state_dir:
         load_optimizer_state(engine, job.state_dir)
+    return Resident(engine, job.policy_uri)
+
+
+def reference_logprobs(job, resident: Resident, owned, dtype, temperature):
+    """The KL reference's log-probs of this rank's micro-batches (its model kept resident)."""
+    if resident.reference is None:
+        path = job.reference_dir or job.policy_dir
+        resident.reference = load_policy(path, dtype).to(resident.engine.device)
+    return frozen_logprobs(resident.reference, [mb for mb in owned if mb is not None], temperature)
+
+
+def run(job: TrainJob, resident: Resident | None = None) -> tuple[dict, Resident]:
+    """One train step in this process (the process group is up); returns its summary and
+    what a persistent worker keeps for the next step."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    failpoint(f"train-worker:{job.policy_version}")  # a rank dies in the middle of a step
+    clock = Clock()
+    config = job.config
+    train = effective_train_config(job)
+    dtype = train_dtype(config.model.dtype)
+    batches, owned, batch_info = clock.time("read_s", plan_batches, job, train, rank, world)
+    resident = clock.time("build_s", open_engine, job, train, dtype, resident)
+    engine = resident.engine
     if job.mode == "sft":
         stats, old = run_sft(engine, batches, train.ppo_epochs, rank, world, config.seed), {}
     else:
         temperature = trainer_temperature(config.rollout)
-        old = old_logprobs(engine, owned, temperature)
+        old = clock.time("old_logprobs_s", old_logprobs, engine, owned, temperature)
         ref = None
         if train.kl_coef > 0:
-            reference = load_policy(job.reference_dir or job.policy_dir, dtype).to(engine.device)
-            ref = frozen_logprobs(reference, [mb for mb in owned if mb is not None], temperature)
-            del reference
-        stats = run_update(engine, batches, old, ref, train, rank, world, temperature)
+            ref = reference_logprobs(job, resident, owned, dtype, temperature)
+        stats = clock.time(
+            "update_s", run_update, engine, batches, old, ref, train, rank, world, temperature
+        )
     out = Path(job.out_dir)
-    export_hf(engine.module, job.policy_dir, out / "hf", dtype=dtype, write=rank == 0)
-    if job.mode == "rl":  # the warm-start's optimizer state (its own lr) must not leak into RL
-        save_optimizer_state(engine, out / STATE_DIR, write=rank == 0)
+    clock.time("export_s", export_step, job, engine, out, dtype, rank)
     summary = {
         **stats.summary(),
         **batch_info,
@@ -206,7 +252,8 @@ def run(job: TrainJob) -> dict:
         "world_size": world,
         "policy_version": job.policy_version,
         "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0,
-        "wall_seconds": time.perf_counter() - start,
+        "wall_seconds": clock.elapsed(),
+        "timing": clock.spans,
     }
     summary["metrics"] = mlflow_metrics(summary)
     if rank == 0:
@@ -214,7 +261,32 @@ def run(job: TrainJob) -> dict:
             raise FloatingPointError(f"non-finite loss during the update: {stats.losses}")
         (out / "stats.json").write_text(json.dumps(summary, indent=2))
     torch.distributed.barrier()
-    return summary
+    resident.policy_uri = job.out_uri
+    return summary, resident
+
+
+def export_step(job: TrainJob, engine, out: Path, dtype, rank: int) -> None:
+    export_hf(engine.module, job.policy_dir, out / "hf", dtype=dtype, write=rank == 0)
+    if job.mode == "rl":  # the warm-start's optimizer state (its own lr) must not leak into RL
+        save_optimizer_state(engine, out / STATE_DIR, write=rank == 0)
+
+
+class Clock:
+    """Wall seconds of a step's phases (`summary["timing"]`)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.spans: dict[str, float] = {}
+
+    def time(self, name: str, function, *args):
+        begin = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            self.spans[name] = self.spans.get(name, 0.0) + time.perf_counter() - begin
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,7 +295,13 @@ def main(argv: list[str] | None = None) -> None:
     set_parent_death_signal(signal.SIGKILL)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = argv if argv is not None else sys.argv[1:]
+    if args and args[0] == "--serve":  # the persistent trainer's workers
+        from a2tgpo.training.serve import serve
+
+        serve(Path(args[1]))
+        return
     job = TrainJob.model_validate_json(Path(args[0]).read_text())
+    init_distributed()
     run(job)
     torch.distributed.destroy_process_group()
 
