@@ -179,4 +179,3 @@ def _answer(path: Path) -> dict | None:
 def trainer_for(config: RunConfig) -> PersistentTrainer | None:
     """The flow's trainer: a PersistentTrainer, or None for a subprocess per step."""
     return PersistentTrainer(config) if config.pipeline.trainer == "persistent" else None
-

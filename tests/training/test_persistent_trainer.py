@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import psutil
+import pyarrow as pa
 import pytest
 import torch
 
+from a2tgpo.data.schemas import ADVANTAGED
+from a2tgpo.data.stage import read_stage, write_stage
 from a2tgpo.faults import ENV
 from a2tgpo.rollout.session import EngineSession
 from a2tgpo.training.persistent import PersistentTrainer, TrainerFailed
-from tests.training.test_train_step import advantaged, setup, train, weights  # noqa: F401
+from tests.training import test_train_step as steps
+from tests.training.test_train_step import advantaged, train, weights
+
+setup = steps.setup  # the fixture: a committed tiny model and its storage
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +46,10 @@ def test_persistent_steps_equal_subprocess_steps_bit_for_bit(setup):
         assert trainer.starts == 1  # one start: steps 2 and 3 trained from memory
     for a, b in zip(fresh, kept, strict=True):
         assert a.stats["losses"] == b.stats["losses"]
-    wa, wb = weights(storage, storage.join("run", "sub3")), weights(storage, storage.join("run", "keep3"))
+    wa, wb = (
+        weights(storage, storage.join("run", "sub3")),
+        weights(storage, storage.join("run", "keep3")),
+    )
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # the held steps skip the start-up the subprocess pays on every step
     startup = [m.stats["timing"]["startup_s"] for m in kept]
@@ -59,7 +67,10 @@ def test_a_step_on_another_policy_restarts_the_workers_from_the_checkpoint(setup
         # a rerun of step 1 (its output was never committed, say): not what is held
         train(config, data, init, storage.join("run", "b1"), session=session)
         assert trainer.starts == 2
-        wa, wb = weights(storage, storage.join("run", "a1")), weights(storage, storage.join("run", "b1"))
+        wa, wb = (
+            weights(storage, storage.join("run", "a1")),
+            weights(storage, storage.join("run", "b1")),
+        )
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -78,9 +89,7 @@ def test_a_worker_killed_between_steps_is_restarted_from_the_checkpoint(setup):
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_a_worker_dying_mid_step_fails_it_uncommitted_and_the_rerun_restarts(
-    setup, monkeypatch
-):
+def test_a_worker_dying_mid_step_fails_it_uncommitted_and_the_rerun_restarts(setup, monkeypatch):
     config, storage, init, vocab = setup
     data = advantaged(config, vocab, storage.join("run", "adv"))
     session = EngineSession(config, keep=False)
@@ -106,16 +115,10 @@ def test_a_failing_step_reports_the_workers_error_and_close_leaves_no_process(se
     data = advantaged(config, vocab, storage.join("run", "adv"))
     bad = storage.join("run", "bad")
     table = advantaged(config, vocab, bad)  # then corrupt its clip ranges
-    from a2tgpo.data.stage import read_stage, write_stage
-
     rows = read_stage(storage, table, "advantaged").to_pylist()
     for row in rows:
         for turn in row["turns"]:
             turn["eps_low"] = -1.0
-    import pyarrow as pa
-
-    from a2tgpo.data.schemas import ADVANTAGED
-
     write_stage(storage, storage.join("run", "bad2"), pa.Table.from_pylist(rows, ADVANTAGED),
                 "advantaged", policy_version=0)  # fmt: skip
     session = EngineSession(config, keep=False)
