@@ -84,7 +84,16 @@ class RunLayout:
 
 
 # Settings a resumed run may change: how long it runs and where it reports to.
-_RESUMABLE = ("iterations", "storage.", "tracking.")
+# The trainer's process model changes no number (the persistent trainer's steps equal
+# the subprocess's bit for bit), so it may change too.
+_RESUMABLE = (
+    "iterations",
+    "storage.",
+    "tracking.",
+    "pipeline.trainer",
+    "pipeline.release_trainer_memory",
+    "pipeline.step_timeout_s",
+)
 
 
 def pin_run_config(config: RunConfig, layout: RunLayout) -> None:

@@ -8,6 +8,7 @@ statistics behind the figures.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect.artifacts import (
@@ -53,6 +54,7 @@ class Reporter:
         self.summary: list[dict[str, Any]] = []  # one line per iteration (and "start")
         self.per_turn: list[dict[str, Any]] = []  # per-turn stats per iteration (figures)
         self.last: dict[str, float] = {}
+        self.clock = time.perf_counter()  # the end of the last iteration (start_iterations)
         self.progress_id = create_progress_artifact(
             progress=0.0,
             key=_key(config, "progress"),
@@ -68,9 +70,16 @@ class Reporter:
         metrics = {"warmstart/loss_last": manifest.stats["loss_last"], "time/warmstart_s": seconds}
         self.tracker.log_metrics(metrics, step=0)
 
+    def start_iterations(self) -> None:
+        self.clock = time.perf_counter()
+
     def iteration(self, k: int, manifests: dict[str, Manifest], seconds: dict[str, float]) -> dict:
-        """Log iteration k from its stages' manifests and times (keyed by stage name)."""
+        """Log iteration k from its stages' manifests and times (keyed by stage name).
+        `time/iteration_s` is the wall time since the last iteration's report (an
+        evaluation in between included; with overlap, less than the stages' sum)."""
         metrics = iteration_metrics(manifests, seconds)
+        now = time.perf_counter()
+        metrics["time/iteration_s"], self.clock = now - self.clock, now
         self.last = metrics
         self.tracker.log_metrics(metrics, step=k)
         self.tracker.set_tag(f"checkpoint.iter_{k:05d}", manifests["train-step"].uri)

@@ -46,6 +46,13 @@ def _stage_task(stage: Stage):
 TASKS = {name: _stage_task(stage) for name, stage in STAGES.items()}
 
 
+def submit_stage(
+    name: str, config: RunConfig, iteration: int, session: EngineSession | None = None
+):
+    """Start stage `name` in the flow's task runner (a thread); a future of (result, seconds)."""
+    return TASKS[name].submit(config, iteration, session)
+
+
 def run_stage(
     name: str,
     config: RunConfig,

@@ -9,6 +9,11 @@ One Prefect flow run = one training run. Per iteration k:
 5. train-step (ZeRO-3)   -> iter=k/checkpoint      the next policy, in DeepSpeed subprocesses
 6. evaluate (every N)    -> iter=k/eval-greedy, iter=k/eval-sampled
 
+The train step's ranks start once per flow run and keep the model and optimizer state
+in memory (`pipeline.trainer=persistent`, `a2tgpo.training.persistent`); every step
+still commits its checkpoint. With `pipeline.overlap`, stages 1-4 of iteration k run
+(rolling out with policy k - 1) while train step k - 1 runs.
+
 before which `prepare` builds the initial model and prompt pools and `warmstart` fits
 the synthetic demonstrations. Each stage is declared once in `a2tgpo.stages.contract`
 (its URIs for iteration k, its seed) and runs as a Prefect task of the same name. Every
@@ -39,8 +44,9 @@ from a2tgpo.rollout.session import EngineSession
 from a2tgpo.stages.contract import INITIAL, ITERATION_STAGES
 from a2tgpo.supervise import identity_alive, process_identity
 from a2tgpo.tracking.mlflow_logger import RunTracker, disable_mlflow_telemetry, mark_crashed_runs
+from a2tgpo.training.persistent import trainer_for
 from flows.reporting import Reporter, evaluation_due, planned_steps
-from flows.tasks import run_stage
+from flows.tasks import run_stage, submit_stage
 
 
 @flow(name="a2tgpo-train", log_prints=True)
@@ -65,12 +71,16 @@ def train_flow(
         if config.warmstart.enabled:
             reporter.warmstart(*run_stage("warmstart", config))
         with EngineSession(config) as session:
+            session.trainer = trainer_for(config)  # closed with the session
             if config.eval.initial:
                 reporter.evaluation(INITIAL, *run_stage("evaluate", config, INITIAL, session))
-            for k in range(config.iterations):
-                run_iteration(config, k, session, reporter)
-                if evaluation_due(config, k):
-                    reporter.evaluation(k, *run_stage("evaluate", config, k, session))
+            reporter.start_iterations()
+            if config.pipeline.overlap:
+                run_overlapped(config, session, reporter)
+            else:
+                for k in range(config.iterations):
+                    stages = run_stages(config, k, session, ITERATION_STAGES)
+                    finish_iteration(config, k, session, reporter, *stages)
         reporter.figures()
         return {
             "run_id": config.run_id,
@@ -140,11 +150,48 @@ def mark_crashed_flow_runs(run_id: str) -> int:
     return crashed
 
 
-def run_iteration(config: RunConfig, k: int, session: EngineSession, reporter: Reporter) -> None:
-    """Iteration k: the stages of `ITERATION_STAGES`, in order, then its report."""
+def run_stages(config: RunConfig, k: int, session: EngineSession, names) -> tuple[dict, dict]:
+    """Stages `names` of iteration k, in order: (manifests, seconds) by stage name."""
     manifests, seconds = {}, {}
-    for name in ITERATION_STAGES:
+    for name in names:
         manifests[name], seconds[name] = run_stage(name, config, k, session)
+    return manifests, seconds
+
+
+def run_overlapped(config: RunConfig, session: EngineSession, reporter: Reporter) -> None:
+    """`pipeline.overlap`: iteration k's prompts, rollout (with policy k - 1, as planned by
+    `rollout_policy_version`), IG scoring and advantages run while train step k - 1 runs
+    in the task runner's thread (its DeepSpeed workers in their own processes)."""
+    before_train = [name for name in ITERATION_STAGES if name != "train-step"]
+    pending = None  # (iteration, manifests, seconds, future of its train step)
+    try:
+        for k in range(config.iterations):
+            manifests, seconds = run_stages(config, k, session, before_train)
+            if pending is not None:
+                finish_overlapped(config, session, reporter, *pending)
+            pending = (k, manifests, seconds, submit_stage("train-step", config, k, session))
+        finish_overlapped(config, session, reporter, *pending)
+        pending = None
+    except Exception:
+        if pending is not None:  # let the running step commit: a rerun resumes after it
+            pending[3].wait()
+        raise
+
+
+def finish_overlapped(config, session, reporter, k, manifests, seconds, future) -> None:
+    manifests["train-step"], seconds["train-step"] = future.result()
+    finish_iteration(config, k, session, reporter, manifests, seconds)
+
+
+def finish_iteration(
+    config: RunConfig,
+    k: int,
+    session: EngineSession,
+    reporter: Reporter,
+    manifests: dict,
+    seconds: dict,
+) -> None:
+    """Report iteration k (all its stages done), then evaluate its policy when due."""
     metrics = reporter.iteration(k, manifests, seconds)
     get_run_logger().info(
         "iteration %d: reward %.3f  EM %.3f  turns %.2f  clip %.4f",
@@ -154,6 +201,8 @@ def run_iteration(config: RunConfig, k: int, session: EngineSession, reporter: R
         metrics["turns_per_trajectory"],
         metrics.get("clip_fraction", 0.0),
     )
+    if evaluation_due(config, k):
+        reporter.evaluation(k, *run_stage("evaluate", config, k, session))
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ def _batch(
             else pa.nulls(n, pa.list_(pa.float32()))
         ),
     }
+    columns["staleness"] = pa.array(np.zeros(n, np.int32))
     arrays = [columns[f.name].cast(f.type) for f in schema]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 

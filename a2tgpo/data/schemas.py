@@ -91,6 +91,9 @@ _TRAJECTORY_FIELDS = [
     pa.field("finish_reason", pa.string(), nullable=False),
     pa.field("sampling", SAMPLING, nullable=False),
     pa.field("rollout_logprobs", pa.list_(pa.float32())),  # aligned with token_ids; 0 off-mask
+    # policy versions the trained policy is ahead of the one that generated the row
+    # (pipeline.overlap: 1 from iteration 1 on; null for demonstrations)
+    pa.field("staleness", pa.int32()),
 ]
 
 

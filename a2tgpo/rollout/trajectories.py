@@ -168,11 +168,13 @@ def trajectories_table(
     config: RunConfig,
     policy_version: int,
     engine_name: str | None = None,
+    staleness: int | None = None,
 ) -> pa.Table:
     """The TRAJECTORIES rows of finished episodes, with outcome rewards.
 
     `engine_name` is what produced the tokens (default: the configured rollout engine;
-    the warm-start's demonstrations say "demonstration")."""
+    the warm-start's demonstrations say "demonstration"); `staleness` is how many
+    versions the trained policy is ahead of `policy_version` (None: not an RL rollout)."""
     by_id = {
         r["prompt_id"]: r for r in prompts.select(["prompt_id", "golds", "data_source"]).to_pylist()
     }
@@ -207,6 +209,7 @@ def trajectories_table(
                     "engine": engine_name or config.rollout.engine,
                 },
                 "rollout_logprobs": ep.logprobs,
+                "staleness": staleness,
             }
         )
     return pa.Table.from_pylist(rows, schema=TRAJECTORIES)
@@ -296,6 +299,7 @@ def commit_trajectories(
     session: EngineSession,
     tool: SearchTool | None = None,
     progress: bool = True,
+    staleness: int = 0,
 ) -> Manifest:
     """Roll out every prompt of `prompts_uri` with the policy at `policy_uri` (in the
     session's engine) and commit the trajectories at `out_uri` with their stats."""
@@ -306,7 +310,7 @@ def commit_trajectories(
     tool = tool or make_search_tool(config.env, cache_dir=str(local_cache_dir()))
     engine = session.engine_for(str(local_policy(storage, policy_uri)))
     run = run_episodes(config, prompts, engine, tool, seed=seed, progress=progress)
-    table = trajectories_table(run.episodes, prompts, config, policy_version)
+    table = trajectories_table(run.episodes, prompts, config, policy_version, staleness=staleness)
     return write_stage(
         storage,
         out_uri,
@@ -314,6 +318,6 @@ def commit_trajectories(
         "trajectories",
         policy_version=policy_version,
         parents=[prompts_uri, policy_uri],
-        stats=rollout_stats(table, prompts) | run.stats(),
+        stats=rollout_stats(table, prompts) | run.stats() | {"staleness": staleness},
         rows_per_part=config.storage.rows_per_part,
     )

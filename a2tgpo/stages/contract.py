@@ -137,15 +137,31 @@ def rollout_seed(config: RunConfig, policy_version: int) -> int:
     return derive_seed(config.rollout.seed, config.seed, policy_version)
 
 
+def rollout_policy_version(config: RunConfig, k: int) -> int:
+    """The policy iteration k rolls out with: k, or with `pipeline.overlap` k - 1 (the
+    newest one committed while policy k trains; iteration 0 has only policy 0). A plan,
+    not a race: a resumed run rolls out with the same policy whatever ran concurrently."""
+    return max(k - 1, 0) if config.pipeline.overlap else k
+
+
 def _plan_rollout(layout: RunLayout, config: RunConfig, k: int) -> StagePlan:
-    inputs = {"prompts": layout.stage(k, "prompts"), "policy": layout.policy(config, k)}
+    version = rollout_policy_version(config, k)
+    inputs = {"prompts": layout.stage(k, "prompts"), "policy": layout.policy(config, version)}
     outputs = {"out": layout.stage(k, "trajectories")}
-    return StagePlan("rollout", k, inputs, outputs, rollout_seed(config, k), policy_version=k)
+    # the seed stays the iteration's: with overlap, iterations 0 and 1 share policy 0
+    seed, params = rollout_seed(config, k), {"staleness": k - version}
+    return StagePlan("rollout", k, inputs, outputs, seed, version, params)
 
 
 def _plan_score_ig(layout: RunLayout, config: RunConfig, k: int) -> StagePlan:
-    inputs = {"trajectories": layout.stage(k, "trajectories"), "policy": layout.policy(config, k)}
-    return StagePlan("score-ig", k, inputs, {"out": layout.stage(k, "scored")}, policy_version=k)
+    """IG is scored by the policy that generated the trajectories (spec: v under pi_old)."""
+    version = rollout_policy_version(config, k)
+    inputs = {
+        "trajectories": layout.stage(k, "trajectories"),
+        "policy": layout.policy(config, version),
+    }
+    outputs = {"out": layout.stage(k, "scored")}
+    return StagePlan("score-ig", k, inputs, outputs, policy_version=version)
 
 
 def _plan_advantages(layout: RunLayout, config: RunConfig, k: int) -> StagePlan:

@@ -31,11 +31,13 @@ def run_rollout(
     session: EngineSession | None = None,
     tool: SearchTool | None = None,
     progress: bool = True,
+    staleness: int = 0,
 ) -> Manifest:
     """Generate and commit the trajectories of every prompt in `prompts_uri`.
 
     The policy at `policy_uri` runs in the session's engine (reloaded in place when the
     session keeps one) or in an engine of the stage's own, closed at the end.
+    `staleness`: how far the policy being trained is ahead of this one (recorded).
     """
     with EngineSession.borrow(session, config) as engines:
         return commit_trajectories(
@@ -48,4 +50,5 @@ def run_rollout(
             session=engines,
             tool=tool,
             progress=progress,
+            staleness=staleness,
         )

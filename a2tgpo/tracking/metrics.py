@@ -107,6 +107,9 @@ def iteration_metrics(
             out |= metrics(manifests[stage].stats)
     for stage, s in seconds.items():
         out[stage_time_metric(stage)] = s
+    if "rollout" in manifests and "staleness" in manifests["rollout"].stats:
+        # versions between the rollout policy and the trained one (pipeline.overlap)
+        out["rollout/staleness"] = manifests["rollout"].stats["staleness"]
     if seconds.get("rollout") and "rollout" in manifests:
         tokens = manifests["rollout"].stats["generated_tokens"]
         out["throughput/rollout_tokens_per_s"] = tokens / seconds["rollout"]

@@ -64,6 +64,7 @@ class PersistentTrainer:
         self.holding: str | None = None  # the committed policy URI the workers hold
         self.starts = 0  # worker starts so far (1 in a run without failures)
         self.lock = threading.Lock()  # one step at a time
+        self.closed = False
 
     # -- the launcher's interface ------------------------------------------------------
 
@@ -82,9 +83,14 @@ class PersistentTrainer:
         return json.loads((Path(job.out_dir) / "stats.json").read_text())
 
     def close(self) -> None:
-        """Ask the workers to exit, kill what remains after a grace period, remove the
-        control folder."""
-        with self.lock:
+        """Idle: ask the workers to exit, kill what remains after a grace period. During a
+        step (an interrupted flow): kill them now; the step fails, uncommitted. Then remove
+        the control folder; the trainer starts no workers after this."""
+        self.closed = True
+        if not self.lock.acquire(timeout=0):
+            self.kill()
+            return
+        try:
             if self.control is not None and self.alive():
                 (self.control / STOP_FILE).write_text("")
                 deadline = time.monotonic() + STOP_GRACE_S
@@ -94,6 +100,8 @@ class PersistentTrainer:
             if self.control is not None:
                 shutil.rmtree(self.control, ignore_errors=True)
                 self.control = None
+        finally:
+            self.lock.release()
 
     def __enter__(self) -> PersistentTrainer:
         return self
@@ -117,6 +125,8 @@ class PersistentTrainer:
 
     def restart(self) -> None:
         """Kill any workers, then start fresh ones on a new control folder."""
+        if self.closed:
+            raise TrainerFailed("the persistent trainer was closed (the flow is ending)")
         self.kill()
         if self.control is not None:
             shutil.rmtree(self.control, ignore_errors=True)
@@ -132,10 +142,11 @@ class PersistentTrainer:
         log.info("persistent trainer: started %d worker process(es)", len(self.procs))
 
     def kill(self) -> None:
-        launcher.kill_workers(self.procs)
-        for thread in self.copiers:
-            thread.join()
+        procs, copiers = self.procs, self.copiers
         self.procs, self.copiers, self.holding = [], [], None
+        launcher.kill_workers(procs)
+        for thread in copiers:
+            thread.join()
 
     def wait(self, seq: int) -> None:
         """Until every rank has answered job `seq`; TrainerFailed on an error answer, a dead
