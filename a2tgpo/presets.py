@@ -49,6 +49,15 @@ def embedded() -> RunConfig:
     )
 
 
+def embedded_overlap() -> RunConfig:
+    """The embedded run with iteration k+1's rollout overlapped with train step k (one
+    policy version stale) and truncated importance sampling (cap 2) correcting for it."""
+    return apply_overrides(
+        embedded(),
+        ["preset=embedded-overlap", "pipeline.overlap=true", "train.rollout_correction=tis"],
+    )
+
+
 def _estimator(preset_name: str, **estimator: Any) -> RunConfig:
     config = embedded()
     return config.model_copy(
@@ -121,6 +130,7 @@ ESTIMATOR_PRESETS = (
 
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "embedded": embedded,
+    "embedded-overlap": embedded_overlap,
     "grpo": grpo,
     "igpo": igpo,
     "a2tgpo": a2tgpo,

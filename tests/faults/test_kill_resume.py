@@ -47,7 +47,16 @@ DATASETS = ("prompts", "trajectories", "scored", "advantaged", "eval-greedy", "e
 RUN_TIMEOUT_S = 900
 
 
-def tiny_local_config(root: Path, mlflow_uri: str, run_id: str) -> RunConfig:
+# pipeline.overlap: the flow dies while train step 0 runs beside iteration 1's rollout
+# (in the middle of the rollout, and at train step 0's commit), and at train step 1
+OVERLAP_FAILPOINTS = [
+    "before-commit:iter=00001/trajectories",
+    "before-commit:iter=00000/checkpoint",
+    "stage-start:train-step:1",
+]
+
+
+def tiny_local_config(root: Path, mlflow_uri: str, run_id: str, *extra: str) -> RunConfig:
     return resolve_config(
         "embedded",
         [
@@ -56,6 +65,7 @@ def tiny_local_config(root: Path, mlflow_uri: str, run_id: str) -> RunConfig:
             f"storage.root={root}",
             f"tracking.mlflow_uri={mlflow_uri}",
             f"run_id={run_id}",
+            *extra,
         ],
     )
 
@@ -107,11 +117,36 @@ def test_killed_at_every_boundary_and_middle_resumes_to_the_same_run(
     # compute with other thread settings, and the comparison is bit for bit
     run_flow(reference, None, tmp_path)
 
-    layout = RunLayout.of(crashy)
     for failpoint in FAILPOINTS:
         run_flow(crashy, failpoint, tmp_path)
     run_flow(crashy, None, tmp_path)  # the last run: no failpoint, completes
+    assert_same_run(crashy, reference)
 
+
+def test_overlap_killed_mid_overlap_resumes_to_the_same_run(prefect_harness, mlflow_uri, tmp_path):
+    overlap = ("pipeline.overlap=true", "train.rollout_correction=mis")
+    reference = tiny_local_config(tmp_path / "store", mlflow_uri, "overlap-reference", *overlap)
+    crashy = tiny_local_config(tmp_path / "store", mlflow_uri, "overlap-chain", *overlap)
+    run_flow(reference, None, tmp_path)
+    for failpoint in OVERLAP_FAILPOINTS:
+        run_flow(crashy, failpoint, tmp_path)
+    run_flow(crashy, None, tmp_path)
+    assert_same_run(crashy, reference)
+    # iteration 1 rolled out and was scored with policy 0, one version behind the trained one
+    layout = RunLayout.of(crashy)
+    rows = read_stage(layout.storage, layout.stage(1, "trajectories"))
+    assert set(rows["policy_version"].to_pylist()) == {0}
+    assert set(rows["staleness"].to_pylist()) == {1}
+    scored = read_manifest(layout.storage, layout.stage(1, "scored"))
+    assert layout.initial_policy(crashy) in scored.parents
+    metrics = read_manifest(layout.storage, layout.stage(1, "checkpoint")).stats["metrics"]
+    assert 0 <= metrics["correction/capped_fraction"] <= 1
+
+
+def assert_same_run(crashy: RunConfig, reference: RunConfig) -> None:
+    """Every dataset of every iteration equal row for row, only the manifest's files in
+    each folder, and the final weights equal bit for bit."""
+    layout = RunLayout.of(crashy)
     ref = RunLayout.of(reference)
     for k in range(crashy.iterations):
         for stage in DATASETS:
