@@ -88,3 +88,26 @@ def build_engine(policy_dir: str, train: TrainConfig, dtype: torch.dtype):
         model=model, optimizer=optimizer, config=deepspeed_config(train, dtype)
     )
     return engine
+
+
+def offload_engine_states(engine, pin_memory: bool = True) -> None:
+    """Move a ZeRO-3 engine's states (fp32 master partitions, Adam moments, bf16 partitions,
+    gradient buffers) to CPU memory until `engine.reload_states()`.
+
+    DeepSpeed's `offload_states` refuses any optimizer but its FusedAdam (a CUDA op this
+    project does not compile) for the first two, although torch's AdamW keeps the same
+    state layout (`exp_avg`, `exp_avg_sq`); so those two are moved here, with DeepSpeed's
+    own helper, and registered so that DeepSpeed's `reload_states` brings them back."""
+    from deepspeed.runtime.zero.offload_config import OffloadStateTypeEnum as State
+    from deepspeed.runtime.zero.offload_states import offload_adam_states
+
+    zero = engine.optimizer
+    rest = [State.lp_params, State.lp_grads, State.contiguous_grad_buffer]
+    zero.offload_states(include=rest, pin_memory=pin_memory)
+    for flat in zero.fp32_partitioned_groups_flat:
+        flat.data = flat.data.to("cpu")
+    zero.offloaded_states.add(State.hp_params)
+    offload_adam_states(zero.optimizer, "cpu", pin_memory=pin_memory)
+    zero.offloaded_states.add(State.optim_states)
+    if on_gpu():
+        torch.cuda.empty_cache()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from a2tgpo.training.engine import init_distributed, on_gpu
+from a2tgpo.training.engine import init_distributed, offload_engine_states, on_gpu
 from a2tgpo.training.worker import Resident, TrainJob, run
 
 log = logging.getLogger("a2tgpo.train")
@@ -69,11 +69,10 @@ def next_job(control: Path, seq: int) -> TrainJob | None:
 
 def release(resident: Resident, job: TrainJob) -> None:
     """Offload the engine's states to CPU memory until the next step (GPUs only: on CPU
-    the states are in CPU memory already, and DeepSpeed's offload moves nothing)."""
+    they are in CPU memory already)."""
     if job.config.pipeline.release_trainer_memory and on_gpu():
-        resident.engine.offload_states()
+        offload_engine_states(resident.engine)
         resident.released = True
-        torch.cuda.empty_cache()
 
 
 def serve(control: Path) -> None:

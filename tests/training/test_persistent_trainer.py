@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import psutil
 import pyarrow as pa
@@ -16,6 +19,7 @@ from a2tgpo.data.schemas import ADVANTAGED
 from a2tgpo.data.stage import read_stage, write_stage
 from a2tgpo.faults import ENV
 from a2tgpo.rollout.session import EngineSession
+from a2tgpo.training.launcher import free_port
 from a2tgpo.training.persistent import PersistentTrainer, TrainerFailed
 from tests.training import test_train_step as steps
 from tests.training.test_train_step import advantaged, train, weights
@@ -133,3 +137,15 @@ def test_a_failing_step_reports_the_workers_error_and_close_leaves_no_process(se
     session.close()
     assert trainer.procs == [] and not control.exists()
     assert all(not psutil.pid_exists(p) for p in pids)
+
+
+def test_offloaded_and_reloaded_states_train_on_exactly_as_kept_ones(tiny_model_dir):
+    """pipeline.release_trainer_memory's offload (GPU only in a run) and DeepSpeed's reload,
+    exercised on CPU: the bookkeeping, not the device traffic, is what a CPU can check."""
+    probe = Path(__file__).with_name("offload_probe.py")
+    done = subprocess.run(
+        [sys.executable, str(probe), str(tiny_model_dir)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MASTER_PORT": str(free_port())},
+    )  # fmt: skip
+    assert done.returncode == 0 and "equal=True" in done.stdout, done.stdout + done.stderr[-6000:]
