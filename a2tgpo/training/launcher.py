@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from a2tgpo.config import RunConfig
 from a2tgpo.data.checkpoints import checkpoint_parts, local_checkpoint, local_policy
@@ -54,8 +54,11 @@ from a2tgpo.supervise import (
 )
 from a2tgpo.training.worker import TrainJob
 
-if TYPE_CHECKING:
-    from a2tgpo.training.persistent import PersistentTrainer
+
+class StepRunner(Protocol):
+    """Runs train steps on workers it keeps (`a2tgpo.training.persistent.PersistentTrainer`)."""
+
+    def run(self, job: TrainJob) -> dict: ...
 
 log = logging.getLogger(__name__)
 WORK_PREFIX = "train-step-"
@@ -79,7 +82,8 @@ def worker_commands(
     """The processes to start: (argv, extra environment) per process. Each runs the job
     at `job_path`, or with `serve` answers the persistent trainer's jobs in that folder."""
     port = str(free_port())
-    args = ["--serve", str(serve)] if serve is not None else [str(job_path)]
+    module = "a2tgpo.training.serve" if serve is not None else "a2tgpo.training.worker"
+    args = [module, str(serve if serve is not None else job_path)]
     if config.train.num_gpus > 0:
         argv = [
             sys.executable,
@@ -88,7 +92,6 @@ def worker_commands(
             f"--nproc_per_node={config.train.num_gpus}",
             f"--master_port={port}",
             "-m",
-            "a2tgpo.training.worker",
             *args,
         ]
         return [(argv, {})]
@@ -102,7 +105,7 @@ def worker_commands(
     }
     return [
         (
-            [sys.executable, "-m", "a2tgpo.training.worker", *args],
+            [sys.executable, "-m", *args],
             {**base, "RANK": str(r), "LOCAL_RANK": str(r)},
         )
         for r in range(world)
@@ -200,7 +203,7 @@ def train_and_commit(
     reference_uri: str | None = None,
     mode: str = "rl",
     stream: bool = False,
-    trainer: PersistentTrainer | None = None,
+    trainer: StepRunner | None = None,
 ) -> Manifest:
     """Update the policy in `policy_uri` on `advantaged_uri`; commit it at `out_uri`.
 

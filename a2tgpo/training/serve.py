@@ -1,7 +1,7 @@
 """The persistent trainer's worker loop: one process per rank, started once per flow run.
 
-    python -m a2tgpo.training.worker --serve CONTROL_DIR          (CPU, gloo)
-    torchrun --nproc_per_node N -m a2tgpo.training.worker --serve CONTROL_DIR   (GPUs)
+    python -m a2tgpo.training.serve CONTROL_DIR          (CPU, gloo)
+    torchrun --nproc_per_node N -m a2tgpo.training.serve CONTROL_DIR   (GPUs)
 
 The launcher side (`a2tgpo.training.persistent.PersistentTrainer`) talks to the ranks
 through files in CONTROL_DIR, so that the same protocol works under torchrun, which
@@ -25,12 +25,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import sys
 import time
 import traceback
 from pathlib import Path
 
 import torch
 
+from a2tgpo.supervise import set_parent_death_signal
 from a2tgpo.training.engine import init_distributed, offload_engine_states, on_gpu
 from a2tgpo.training.worker import Resident, TrainJob, run
 
@@ -92,3 +95,13 @@ def serve(control: Path) -> None:
             raise
         write_atomically(done_file(control, seq, rank), json.dumps({"ok": True}))
     torch.distributed.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> None:
+    set_parent_death_signal(signal.SIGKILL)  # torchrun's children: see worker.main
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve(Path((argv if argv is not None else sys.argv[1:])[0]))
+
+
+if __name__ == "__main__":
+    main()

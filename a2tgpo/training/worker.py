@@ -155,8 +155,9 @@ def mismatch_stats(owned, old: dict[int, torch.Tensor]) -> dict[str, float]:
                 acc[0] += float(np.abs(d).sum())
                 acc[1] += float(d.sum())
                 acc[2] += d.size
+    # the turn index last (`a2tgpo.tracking.metrics.turn_key`): one MLflow section per quantity
     return {
-        f"mismatch/turn_{k}/{name}": value / max(n, 1)
+        f"mismatch/{name}/turn_{k}": value / max(n, 1)
         for k, (a, b, n) in sums.items()
         for name, value in (("abs_diff", a), ("diff", b))
     }
@@ -295,11 +296,6 @@ def main(argv: list[str] | None = None) -> None:
     set_parent_death_signal(signal.SIGKILL)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = argv if argv is not None else sys.argv[1:]
-    if args and args[0] == "--serve":  # the persistent trainer's workers
-        from a2tgpo.training.serve import serve
-
-        serve(Path(args[1]))
-        return
     job = TrainJob.model_validate_json(Path(args[0]).read_text())
     init_distributed()
     run(job)
