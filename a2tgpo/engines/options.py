@@ -50,13 +50,13 @@ def logprob_mismatch_warning(config: RunConfig) -> str | None:
 
     None when the trainer's distribution is the one sampled (temperature 1, or
     `logprobs=sampled` at any temperature, without top-k/top-p). Otherwise says what
-    `mismatch/turn_k/*` (stored rollout log-probs vs the trainer's) then compares.
+    `mismatch/*/turn_k` (stored rollout log-probs vs the trainer's) then compares.
     """
     r = config.rollout
     if r.temperature == 0:
         return (
             "rollout.temperature=0: rollouts are greedy; the stored rollout log-probs and the "
-            "trainer's are the untempered model's, so the PPO ratio and mismatch/turn_k/* "
+            "trainer's are the untempered model's, so the PPO ratio and mismatch/*/turn_k "
             "refer to a distribution the tokens were not sampled from."
         )
     cuts = _cuts(r)
@@ -65,7 +65,7 @@ def logprob_mismatch_warning(config: RunConfig) -> str | None:
         return (
             f"rollout.logprobs=raw with {sampled}: tokens are sampled from the tempered/cut "
             "distribution, but the stored rollout log-probs and the trainer's PPO ratio use "
-            "the untempered model, log_softmax(logits). mismatch/turn_k/* compares engine and "
+            "the untempered model, log_softmax(logits). mismatch/*/turn_k compares engine and "
             "trainer on that raw distribution, not on the one sampled. Set "
             "rollout.logprobs=sampled to train on the sampled (tempered) distribution."
         )
@@ -74,7 +74,7 @@ def logprob_mismatch_warning(config: RunConfig) -> str | None:
             f"rollout.logprobs=sampled with {', '.join(cuts)}: the stored rollout log-probs "
             "are of the cut distribution (renormalized over the kept tokens), which the "
             f"trainer cannot reproduce (it divides by temperature={trainer_temperature(r):g} "
-            "only). mismatch/turn_k/* compares different distributions: the trainer's "
+            "only). mismatch/*/turn_k compares different distributions: the trainer's "
             "log-probs are lower by the log of the kept mass, and that gap is not an "
             "engine/trainer numerics error."
         )

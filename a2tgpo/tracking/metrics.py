@@ -2,15 +2,18 @@
 
 Every number the dashboard shows comes from a committed manifest's stats, so a
 resumed run reports exactly what the crashed one would have, and each metric
-traces back to its dataset. Names use `/` groups, turn indices as `turn_<k>`:
+traces back to its dataset. Names use `/` groups; a per-turn metric ends in the turn
+index, `<quantity>/turn_<k>`, because MLflow puts charts in one section per key prefix
+before the last `/`: one section per quantity then holds every turn side by side.
 
     reward, em, f1, turns_per_trajectory, finish/<reason>, action/<kind>
     skipped_too_long_prompts, tool_calls, tool_errors, tool_error_rate
     em/<data source>, em/hops_<h>, f1/...   (and eval/<mode>/..., eval_initial/<mode>/...)
-    ig/turn_<k>/{mean,std,count}, ig_norm/turn_<k>/{mean,abs_mean}
-    adv/turn_<k>/{mean,abs_mean}, eps_low/turn_<k>/{min,mean,max}, eps_high/...
+    ig/{mean,std,count}/turn_<k>, ig_norm/{mean,abs_mean}/turn_<k>
+    adv/{mean,abs_mean}/turn_<k>, eps_low/{min,mean,max}/turn_<k>, eps_high/...
     clip_fraction, clip_fraction/turn_<k>, loss/{first,last}, grad_norm, approx_kl
-    mismatch/turn_<k>/abs_diff           (engine vs trainer log-probs)
+    mismatch/{abs_diff,diff}/turn_<k>    (engine vs trainer log-probs)
+    correction/{weight_mean,capped_fraction}[/turn_<k>]   (rollout correction)
     time/<stage>_s, throughput/{rollout,train}_tokens_per_s
 """
 
@@ -19,6 +22,39 @@ from __future__ import annotations
 from typing import Any
 
 from a2tgpo.data.manifest import Manifest
+
+# Every per-turn quantity: its metrics are `<quantity>/turn_<k>` (`turn_key`). The
+# train step names its own (`a2tgpo.training.worker`, `a2tgpo.training.update`).
+PER_TURN_QUANTITIES = (
+    "ig/mean",
+    "ig/std",
+    "ig/count",
+    "ig_norm/mean",
+    "ig_norm/abs_mean",
+    "adv/mean",
+    "adv/abs_mean",
+    *(f"{side}/{agg}" for side in ("eps_low", "eps_high") for agg in ("min", "mean", "max")),
+    "clip_fraction",
+    "mismatch/abs_diff",
+    "mismatch/diff",
+    "correction/weight_mean",
+    "correction/capped_fraction",
+)
+TURN_PREFIX = "turn_"
+
+
+def turn_key(quantity: str, k: int | str) -> str:
+    """The metric of `quantity` at turn index k: the index last, so MLflow groups by quantity."""
+    return f"{quantity}/{TURN_PREFIX}{k}"
+
+
+def split_turn_key(key: str) -> tuple[str, int] | None:
+    """(quantity, turn index) of a per-turn metric key; None for any other key."""
+    quantity, _, last = key.rpartition("/")
+    index = last.removeprefix(TURN_PREFIX)
+    if not quantity or last == index or not index.isdigit():
+        return None
+    return quantity, int(index)
 
 
 def rollout_metrics(stats: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -61,20 +97,20 @@ def ig_metrics(stats: dict[str, Any]) -> dict[str, float]:
     out = {"ig/missing": float(stats.get("ig_missing", 0))}
     for k, m in stats.get("ig_by_turn", {}).items():
         for key in ("mean", "std", "count"):
-            out[f"ig/turn_{k}/{key}"] = float(m[key])
+            out[turn_key(f"ig/{key}", k)] = float(m[key])
     return out
 
 
 def advantage_metrics(stats: dict[str, Any]) -> dict[str, float]:
     out = {"estimator/grpo_warmup": float(bool(stats.get("grpo_warmup", False)))}
     for k, m in stats.get("by_turn", {}).items():
-        out[f"ig_norm/turn_{k}/mean"] = m["ig_norm_mean"]
-        out[f"ig_norm/turn_{k}/abs_mean"] = m["ig_norm_abs_mean"]
-        out[f"adv/turn_{k}/mean"] = m["adv_mean"]
-        out[f"adv/turn_{k}/abs_mean"] = m["adv_abs_mean"]
+        out[turn_key("ig_norm/mean", k)] = m["ig_norm_mean"]
+        out[turn_key("ig_norm/abs_mean", k)] = m["ig_norm_abs_mean"]
+        out[turn_key("adv/mean", k)] = m["adv_mean"]
+        out[turn_key("adv/abs_mean", k)] = m["adv_abs_mean"]
         for side in ("eps_low", "eps_high"):
             for agg in ("min", "mean", "max"):
-                out[f"{side}/turn_{k}/{agg}"] = m[f"{side}_{agg}"]
+                out[turn_key(f"{side}/{agg}", k)] = m[f"{side}_{agg}"]
     return out
 
 

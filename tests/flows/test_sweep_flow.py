@@ -47,6 +47,7 @@ def test_smoke_sweep_nests_members_aggregates_and_resumes(prefect_harness, mlflo
         "comparison/table.md",
         "comparison/table.csv",
         "comparison/curves.png",
+        "comparison/per_turn.png",
     }
 
     records = SweepRecords(Storage(StorageConfig(root=str(tmp_path / "runs"))), "smoke")

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 from a2tgpo.data.checkpoints import local_policy
 from a2tgpo.data.stage import read_manifest, read_stage
 from a2tgpo.layout import RunLayout
+from a2tgpo.tracking.figures import FIGURE_PATHS
 from a2tgpo.tracking.mlflow_logger import experiment_name
 from flows.train import train_flow
 
@@ -73,12 +74,13 @@ def test_train_flow_end_to_end_on_s3(prefect_harness, s3_run_config):
         "reward",
         "em",
         "f1",
-        "ig/turn_0/mean",
-        "ig/turn_0/count",
-        "adv/turn_0/abs_mean",
-        "eps_low/turn_0/min",
-        "eps_high/turn_0/max",
+        "ig/mean/turn_0",
+        "ig/count/turn_0",
+        "adv/abs_mean/turn_0",
+        "eps_low/min/turn_0",
+        "eps_high/max/turn_0",
         "clip_fraction/turn_0",
+        "mismatch/abs_diff/turn_0",
         "time/rollout_s",
         "eval/greedy/em",
     ):
@@ -87,7 +89,7 @@ def test_train_flow_end_to_end_on_s3(prefect_harness, s3_run_config):
     (baseline,) = client.get_metric_history(run.info.run_id, "eval_initial/greedy/em")
     assert baseline.step == 0
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
-    assert figures == {"figures/per_turn_ig.png", "figures/clip_ranges.png"}
+    assert figures == set(FIGURE_PATHS)
     assert run.data.tags["checkpoint.iter_00001"] == layout.stage(1, "checkpoint")
 
 

@@ -54,8 +54,8 @@ def test_tempered_trainer_logprobs_match_the_sampled_rollout(sampled_rollouts) -
     assert temperature == 0.7
     tempered = mismatch_stats([mb], frozen_logprobs(model, [mb], temperature))
     untempered = mismatch_stats([mb], frozen_logprobs(model, [mb]))
-    assert tempered["mismatch/turn_0/abs_diff"] < 1e-4
-    assert untempered["mismatch/turn_0/abs_diff"] > 1e-2
+    assert tempered["mismatch/abs_diff/turn_0"] < 1e-4
+    assert untempered["mismatch/abs_diff/turn_0"] > 1e-2
 
 
 def test_temperature_divides_the_logits(sampled_rollouts) -> None:
