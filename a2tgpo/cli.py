@@ -10,7 +10,6 @@ what the flow would.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -37,18 +36,36 @@ from a2tgpo.errors import describe
 @app.command()
 def train(preset: str = PresetOpt, config: Path = ConfigOpt, set_: list[str] = SetOpt) -> None:
     """Run the training flow (Prefect): warm-start, then rollout -> IG -> advantages -> train."""
+    from a2tgpo.presets import PRESETS
     from flows.train import train_flow
 
     cfg = load_config(preset, config, set_)
-    result = train_flow(config=cfg)
+    # Prefect shows the preset parameter: the config's own (a `--config` file or `--set`
+    # may rename it to a label that is no preset: then the one it started from)
+    shown = cfg.preset if cfg.preset in PRESETS else preset
+    result = train_flow(preset=shown, config=cfg)
     console.rule("done")
     console.print(history_table(result["history"]))
-    console.print(f"datasets and checkpoints: {result['storage']}")
-    console.print(f"MLflow: {result['mlflow']}")
-    home = os.environ.get("PREFECT_HOME", "~/.prefect")
-    console.print(
-        f"Prefect UI: PREFECT_HOME={home} prefect server start, then open http://127.0.0.1:4200"
-    )
+    for line in run_links(result):
+        console.print(line, soft_wrap=True)  # whole URLs: a terminal can open them
+
+
+def run_links(result: dict[str, Any]) -> list[str]:
+    """Where the run's outputs are: storage, then the MLflow run and the Prefect flow run
+    as URLs (with the command serving the UI when it is not a running server)."""
+    lines = [f"datasets and checkpoints: {result['storage']}"]
+    if result.get("mlflow_ui"):
+        lines.append(f"MLflow run: {result['mlflow']}  (start the UI: {result['mlflow_ui']})")
+    else:
+        lines.append(f"MLflow run: {result['mlflow']}")
+    if result.get("prefect_ui"):
+        lines.append(
+            f"Prefect flow run: {result['prefect']}  (it ran on a temporary server; start "
+            f"the UI on its database: {result['prefect_ui']})"
+        )
+    elif result.get("prefect"):
+        lines.append(f"Prefect flow run: {result['prefect']}")
+    return lines
 
 
 def history_table(history: list[dict[str, Any]]) -> Table:

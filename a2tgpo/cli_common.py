@@ -164,14 +164,11 @@ def load_config(preset: str, config_file: Path | None, sets: list[str] | None) -
     """The preset, the `--config` file's values merged on top of it, then the overrides."""
     from pydantic import ValidationError
 
-    from a2tgpo.presets import preset as named_preset
     from a2tgpo.presets import resolve_config
 
     try:
-        base = None
-        if config_file is not None:
-            base = merged(named_preset(preset).model_dump(), read_config_file(config_file))
-        return resolve_config(preset, sets or [], base)
+        partial = read_config_file(config_file) if config_file is not None else None
+        return resolve_config(preset, sets or [], partial)
     except (ValidationError, InputError):  # main() prints either in one line
         raise
     except ValueError as error:  # an unknown preset or field, a malformed override
@@ -208,15 +205,6 @@ def _syntax_error(error: Exception) -> str:
     if isinstance(error, json.JSONDecodeError):
         return f"invalid JSON: {error.msg} (line {error.lineno}, column {error.colno})"
     return f"invalid YAML: {one_line(str(error))}"
-
-
-def merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `top`'s values on top, section by section (a partial tree is fine)."""
-    out = dict(base)
-    for key, value in top.items():
-        both_sections = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merged(out[key], value) if both_sections else value
-    return out
 
 
 def _local_uri(value: str | None) -> str | None:

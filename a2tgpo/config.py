@@ -318,6 +318,19 @@ class TrackingConfig(_Section):
     sweep_id: str = Field(
         "", description="The sweep this run is a member of (set by `a2tgpo sweep`); a tag."
     )
+    log_model: Literal["auto", "upload", "reference", "off"] = Field(
+        "auto",
+        description="The final policy as an MLflow logged model (registrable): upload = the HF "
+        "folder in MLflow's transformers flavour; reference = an external model entry holding "
+        "the checkpoint's URI, nothing uploaded (models of GBs); auto = upload the project's "
+        "tiny model, reference any other (model.policy set).",
+    )
+    system_metrics_s: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds between samples of MLflow's system metrics (CPU, memory, disk, "
+        "network, GPU: `system/...`); 0 = off.",
+    )
 
 
 class RunConfig(_Section):

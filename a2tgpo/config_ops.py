@@ -1,8 +1,10 @@
-"""Operations on a config tree: `key.sub=value` overrides and the flat `section.field`
+"""Operations on a config tree: `key.sub=value` overrides, a partial tree merged on top
+of a config (a `--config` file, a flow's `config` parameter) and the flat `section.field`
 view (MLflow params, the pinned run config). The tree itself is `a2tgpo.config`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -37,6 +39,35 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             value = raw
         node[parts[-1]] = value
     return RunConfig.model_validate(data)
+
+
+def merged(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `top`'s values on top, section by section (a partial tree is fine)."""
+    out = dict(base)
+    for key, value in top.items():
+        both_sections = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = merged(out[key], value) if both_sections else value
+    return out
+
+
+def merge_config(config: RunConfig, partial: Mapping[str, Any]) -> RunConfig:
+    """`config` with a partial tree's values on top: `{"rollout": {"group_size": 16}}`
+    changes that one field and keeps the rest of the section (validated like any config;
+    an unknown section or field is refused)."""
+    return RunConfig.model_validate(merged(config.model_dump(), partial))
+
+
+def dotted(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Override mappings as flat dotted keys: `{"rollout": {"group_size": 16}}` is
+    `rollout.group_size=16`, never a whole section replaced by its defaults (no config
+    field holds a mapping, so a mapping value always means a section)."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, Mapping):
+            out |= dotted(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def flatten(config: BaseModel, prefix: str = "") -> dict[str, Any]:

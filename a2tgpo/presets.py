@@ -19,11 +19,12 @@ The reference presets for a cluster, one per released recipe, live in
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from a2tgpo.config import RunConfig
-from a2tgpo.config_ops import apply_overrides
+from a2tgpo.config_ops import apply_overrides, dotted, merge_config
 from a2tgpo.reference_presets import a2tgpo_qwen3_4b, search_qa_7b
 
 
@@ -156,17 +157,30 @@ def preset(name: str) -> RunConfig:
 
 def resolve_config(
     name: str = "embedded",
-    overrides: dict[str, Any] | list[str] | None = None,
-    config: RunConfig | dict | None = None,
+    overrides: Mapping[str, Any] | list[str] | None = None,
+    config: RunConfig | Mapping[str, Any] | None = None,
 ) -> RunConfig:
-    """A full config: `config` if given, else the preset; then the overrides on top."""
-    base = RunConfig.model_validate(config) if config is not None else preset(name)
+    """The run's full config, in one order whatever the caller:
+
+    1. the base: `config` itself when it is a `RunConfig` (the CLI and the sweep build
+       the whole config first), else the preset `name`;
+    2. a `config` mapping on top of the preset, section by section: a partial tree like
+       a `--config` file (`{"rollout": {"group_size": 16}}`), never plain `RunConfig`
+       defaults in place of the preset's;
+    3. `overrides` last: `key.sub=value` strings, or a mapping of dotted keys (or of
+       sections, merged the same way) to values.
+    """
+    if isinstance(config, RunConfig):
+        base = config
+    else:
+        base = preset(name)
+        if config:
+            base = merge_config(base, config)
     if not overrides:
         return base
-    if isinstance(overrides, dict):
-        import json
-
+    if isinstance(overrides, Mapping):
         overrides = [
-            f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()
+            f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+            for k, v in dotted(overrides).items()
         ]
     return apply_overrides(base, list(overrides))

@@ -1,4 +1,5 @@
-"""What a flow run shows: MLflow metrics and figures, Prefect artifacts, the run history.
+"""What a flow run shows: MLflow metrics, figures, datasets and model, Prefect
+artifacts, the run history, and the links between the two tools.
 
 Wiring only: the numbers come from `a2tgpo.tracking.metrics` (stage manifests). The
 `Reporter` is the one place that keeps the run's history: a summary line per iteration
@@ -8,8 +9,10 @@ statistics behind the figures.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -20,9 +23,12 @@ from prefect.artifacts import (
 
 from a2tgpo.analysis.benchmarks import average_metrics, benchmark_rows
 from a2tgpo.config import RunConfig
+from a2tgpo.data.checkpoints import local_policy
 from a2tgpo.data.manifest import Manifest
+from a2tgpo.data.stage import read_manifest, read_stage
+from a2tgpo.layout import RunLayout
 from a2tgpo.stages.contract import INITIAL
-from a2tgpo.tracking.figures import clip_range_figure, per_turn_ig_figure
+from a2tgpo.tracking.figures import run_figures
 from a2tgpo.tracking.metrics import iteration_metrics, per_turn_table, rollout_metrics
 from a2tgpo.tracking.mlflow_logger import RunTracker
 
@@ -45,6 +51,74 @@ def planned_steps(config: RunConfig) -> int:
     return config.iterations + evals + int(config.eval.initial)
 
 
+def flow_run_links(flow_run_id: str | None) -> dict[str, str]:
+    """Where to open a flow run in Prefect's UI. On a server (PREFECT_UI_URL, or
+    PREFECT_API_URL without `/api`): its `url`. A run without one used a temporary
+    server that is gone with its process; its database is in PREFECT_HOME, so `command`
+    serves that home's UI, where `url` is the run's page."""
+    from prefect.settings import get_current_settings
+    from prefect.utilities.urls import url_for
+
+    if not flow_run_id:
+        return {"url": "", "command": ""}
+    if url := url_for("flow-run", obj_id=flow_run_id):
+        return {"url": _public(url), "command": ""}
+    settings = get_current_settings()
+    ui = f"http://{settings.server.api.host}:{settings.server.api.port}"
+    return {
+        "url": f"{ui}/runs/flow-run/{flow_run_id}",
+        "command": f"PREFECT_HOME={settings.home} prefect server start",
+    }
+
+
+def _public(url: str) -> str:
+    """A URL without userinfo, query or fragment: it goes into tags, logs and artifacts."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+# The stage words of an iteration's one-line description
+_STAGE_WORDS = {"train-step": "train"}
+NO_IG_NOTE = "no IG: every turn here ends its trajectory, and IG needs the turn after it"
+
+
+def iteration_description(k: int, metrics: dict[str, float], seconds: dict[str, float]) -> str:
+    """`Iteration 3: reward 0.45, EM 0.45, 2.6 turns, clip 2.6%; 21 s (rollout 6 s, ...)`:
+    the headline numbers and where the time went (stages under half a second left out)."""
+    parts = [
+        f"reward {metrics['reward']:.2f}",
+        f"EM {metrics['em']:.2f}",
+        f"{metrics['turns_per_trajectory']:.1f} turns",
+    ]
+    if "clip_fraction" in metrics:
+        parts.append(f"clip {100 * metrics['clip_fraction']:.1f}%")
+    total = metrics.get("time/iteration_s", sum(seconds.values()))
+    stages = [f"{_STAGE_WORDS.get(s, s)} {t:.0f} s" for s, t in seconds.items() if t >= 0.5]
+    return f"Iteration {k}: {', '.join(parts)}; {total:.0f} s ({', '.join(stages)})"
+
+
+def explain_blank_ig(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-turn rows with a `note` column saying why a row's IG cells are blank: a
+    turn's IG compares the value after the next turn with its own, so the turn index
+    where every trajectory ended (its answer, or the turn limit) has none."""
+    for row in rows:
+        ig = row.get("ig_mean")
+        blank = ig is None or (isinstance(ig, float) and math.isnan(ig))
+        row["note"] = NO_IG_NOTE if blank else ""
+    return rows
+
+
+def log_model_mode(config: RunConfig) -> str:
+    """`tracking.log_model`, with auto resolved: the tiny model (built by the run, a few
+    MB) is uploaded, any other model (GBs) referenced by its URI."""
+    mode = config.tracking.log_model
+    if mode == "auto":
+        return "reference" if config.model.policy else "upload"
+    return mode
+
+
 class Reporter:
     def __init__(self, config: RunConfig, tracker: RunTracker, total_steps: int):
         self.config = config
@@ -60,10 +134,11 @@ class Reporter:
             key=_key(config, "progress"),
             description=f"A²TGPO run {config.run_id} ({config.preset}): iterations completed",
         )
+        serve = f" (serve it with `{tracker.ui_command()}`)" if tracker.ui_command() else ""
         create_markdown_artifact(
             key=_key(config, "mlflow"),
-            markdown=f"**MLflow run** for `{config.run_id}`: {tracker.url()}",
-            description="Where this run's metrics live",
+            markdown=f"**MLflow run** of `{config.run_id}`: {tracker.url()}{serve}",
+            description="Where this run's metrics, figures, datasets and model live",
         )
 
     def warmstart(self, manifest: Manifest, seconds: float) -> None:
@@ -91,15 +166,10 @@ class Reporter:
             }
         )
         self.summary.append({"iteration": k, **{m: metrics[m] for m in ("reward", "em", "f1")}})
-        headline = {
-            key: round(metrics.get(key, float("nan")), 4)
-            for key in ("reward", "em", "f1", "turns_per_trajectory", "clip_fraction")
-        }
-        times = {f"{s}_s": round(t, 1) for s, t in seconds.items()}
         create_table_artifact(
             key=_key(self.config, "iteration", f"{k:05d}"),
-            table=per_turn_table(manifests),
-            description=f"Iteration {k}: {headline} | stage times {times}",
+            table=explain_blank_ig(per_turn_table(manifests)),
+            description=iteration_description(k, metrics, seconds),
         )
         self.step_done()
         return metrics
@@ -129,6 +199,37 @@ class Reporter:
         )
         self.step_done()
 
+    def datasets(self, layout: RunLayout) -> None:
+        """The training prompt pool and the held-out sample as the MLflow run's dataset
+        inputs (schema, rows, digest; the source is their storage URI)."""
+        for uri, name, context in (
+            (layout.pool("train"), "prompts-train", "training"),
+            (layout.uri("eval-prompts"), "eval-prompts", "evaluation"),
+        ):
+            if read_manifest(layout.storage, uri) is not None:
+                table = read_stage(layout.storage, uri, "prompts")
+                self.tracker.log_dataset(table, uri, name, context)
+
+    def final_policy(self, layout: RunLayout, uri: str) -> None:
+        """The final policy as the MLflow run's logged model (`tracking.log_model`); a
+        failure is a warning and the tag `a2tgpo.log_model_error`: the checkpoint itself
+        is committed in storage whatever MLflow does."""
+        from prefect import get_run_logger
+
+        mode = log_model_mode(self.config)
+        if mode == "off":
+            return
+        start = time.perf_counter()
+        try:
+            local = local_policy(layout.storage, uri) if mode == "upload" else None
+            self.tracker.log_policy(self.config, uri, local, step=self.config.iterations)
+        except Exception as error:
+            get_run_logger().warning("could not log the final policy to MLflow: %s", error)
+            self.tracker.set_tag("a2tgpo.log_model_error", f"{type(error).__name__}: {error}"[:500])
+            return
+        seconds = time.perf_counter() - start
+        self.tracker.log_metrics({"time/log_model_s": seconds}, step=self.config.iterations - 1)
+
     def step_done(self) -> None:
         self.done += 1
         update_progress_artifact(self.progress_id, progress=100.0 * self.done / self.total)
@@ -136,5 +237,6 @@ class Reporter:
     def figures(self) -> None:
         if not self.per_turn:
             return
-        self.tracker.log_figure(per_turn_ig_figure(self.per_turn), "figures/per_turn_ig.png")
-        self.tracker.log_figure(clip_range_figure(self.per_turn), "figures/clip_ranges.png")
+        base_eps = self.config.estimator.clip_eps_low
+        for path, figure in run_figures(self.per_turn, base_eps=base_eps).items():
+            self.tracker.log_figure(figure, path)

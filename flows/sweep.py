@@ -14,7 +14,8 @@ One training run per (preset, seed), then the comparison table with honest stati
    parallel pods. A member that fails is retried once (it resumes from its committed
    stages), then recorded with its error while the others go on;
 4. the table (`a2tgpo.analysis.compare`) goes to a Prefect markdown artifact and, as
-   markdown, CSV and a PNG of the learning curves, to the sweep's parent MLflow run.
+   markdown, CSV and a PNG of the learning curves, to the sweep's parent MLflow run,
+   with the members' per-turn statistics side by side (`comparison/per_turn.png`).
 
 A rerun of the same sweep id skips finished members and resumes half-finished ones.
 """
@@ -47,6 +48,7 @@ from a2tgpo.sweep import (
     warmstart_config,
 )
 from a2tgpo.tracking.mlflow_logger import SweepTracker, disable_mlflow_telemetry
+from a2tgpo.tracking.sweep_figures import load_run_curves, per_turn_comparison_figure
 from flows.tasks import run_stage
 from flows.train import train_flow
 
@@ -112,7 +114,9 @@ def run_member(member: Member, warmstart_uri: str | None, records: SweepRecords)
     error = ""
     for attempt in (1, 2):
         try:
-            result = train_flow.with_options(flow_run_name=config.run_id)(config=config)
+            result = train_flow.with_options(flow_run_name=config.run_id)(
+                preset=member.preset, config=config
+            )
             records.record_member(
                 member.run_id, status="finished", preset=member.preset, seed=member.seed,
                 mlflow_run_id=result.get("mlflow_run_id", ""), attempts=attempt,
@@ -142,7 +146,11 @@ def run_members_on_pool(
             config = from_warmstart(config, starts[member.seed])
         # the member's whole config; empty overrides, or the deployment's defaults
         # (its run_id among them) would be applied on top of it
-        parameters = {"config": config.model_dump(mode="json"), "overrides": {}}
+        parameters = {
+            "preset": member.preset,
+            "config": config.model_dump(mode="json"),
+            "overrides": {},
+        }
         return run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=True)
 
     todo = [m for m in members if not records.finished(m.run_id)]
@@ -196,6 +204,8 @@ def report(spec: SweepSpec, tracker: SweepTracker, records: SweepRecords, baseli
     tracker.log_text(header + table, "comparison/table.md")
     tracker.log_text(csv_table(rows), "comparison/table.csv")
     tracker.log_figure(curves_figure(members), "comparison/curves.png")
+    per_turn = per_turn_comparison_figure(load_run_curves(tracker.client, members))
+    tracker.log_figure(per_turn, "comparison/per_turn.png")
     records.storage.write_bytes(records.uri("table.md"), (header + table).encode())
     return {"table": table, "members": len(members), "mlflow_run_id": tracker.run_id}
 

@@ -24,38 +24,85 @@ rerun starts (`take_over_dead_runs`). MLflow gets one run per flow run (per-turn
 normalized IG, advantages, clip ranges, clip fractions, stage times); Prefect gets a
 table artifact per iteration and a progress artifact.
 
+The flow run is named `<preset>-<run_id>` and tagged `preset:<name>`,
+`estimator:<name>` and `a2tgpo-run:<run_id>`; its parameters are the preset (a choice
+list in Prefect's run form), a partial `config` tree and `overrides`, both applied on
+top of the preset (`a2tgpo.presets.resolve_config`).
+
     a2tgpo train                      # the embedded run (what `make run` does)
     a2tgpo train --preset grpo --set rollout.group_size=16
-    prefect deploy --all              # deployments/prefect.yaml
+    prefect deploy --prefect-file deployments/prefect.yaml --all
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from pydantic import WithJsonSchema
 
 from a2tgpo.config import RunConfig
 from a2tgpo.engines.options import logprob_mismatch_warning
 from a2tgpo.layout import RunLayout, pin_run_config
-from a2tgpo.presets import resolve_config
+from a2tgpo.presets import PRESETS, resolve_config
 from a2tgpo.rollout.session import EngineSession
 from a2tgpo.stages.contract import INITIAL, ITERATION_STAGES
 from a2tgpo.supervise import identity_alive, process_identity
 from a2tgpo.tracking.mlflow_logger import RunTracker, disable_mlflow_telemetry, mark_crashed_runs
 from a2tgpo.training.persistent import trainer_for
-from flows.reporting import Reporter, evaluation_due, planned_steps
+from flows.reporting import Reporter, evaluation_due, flow_run_links, planned_steps
 from flows.tasks import run_stage, submit_stage
 
+# The preset parameter's choices: every name in PRESETS (a new preset joins the list)
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+# `config`: a partial tree in Prefect's form (a JSON object, merged on top of the preset;
+# RunConfig's own schema would show every default and replace the preset's values); a
+# whole RunConfig from Python (the CLI, the sweep, tests) is taken as it is.
+PartialConfig = Annotated[
+    dict[str, Any] | RunConfig | None,
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "object", "additionalProperties": True}, {"type": "null"}],
+            "examples": [{"rollout": {"group_size": 16}, "train": {"learning_rate": 1e-5}}],
+        }
+    ),
+]
 
-@flow(name="a2tgpo-train", log_prints=True)
+
+def flow_run_name() -> str:
+    """`<preset>-<run_id>` of the config the parameters resolve to. Parameters that do
+    not resolve fail the run in its body, with their own error; the name is then the
+    preset parameter's alone."""
+    parameters = flow_run.parameters
+    try:
+        config = resolve_config(
+            parameters.get("preset", "embedded"),
+            parameters.get("overrides"),
+            parameters.get("config"),
+        )
+    except Exception:
+        return f"{parameters.get('preset', 'embedded')}-unresolved"
+    return f"{config.preset}-{config.run_id}"
+
+
+@flow(name="a2tgpo-train", flow_run_name=flow_run_name, log_prints=True)
 def train_flow(
-    preset: str = "embedded",
-    overrides: dict[str, Any] | None = None,
-    config: RunConfig | None = None,
+    preset: PresetName = "embedded",
+    overrides: dict[str, Any] | list[str] | None = None,
+    config: PartialConfig = None,
 ) -> dict[str, Any]:
-    """Train a policy with A²TGPO (or a baseline preset); returns the final metrics and URIs."""
+    """Train a policy with A²TGPO (or a baseline preset); returns the final metrics and URIs.
+
+    Args:
+        preset: The named experiment to start from (a2tgpo.presets).
+        overrides: Applied last: dotted keys to values ({"rollout.group_size": 16}) or
+            "key=value" strings.
+        config: Config values merged on top of the preset, section by section, as in a
+            `--config` file ({"rollout": {"group_size": 16}}); a whole RunConfig from
+            Python is taken as it is.
+    """
     disable_mlflow_telemetry()
     config = resolve_config(preset, overrides, config)
     layout = RunLayout.of(config)
@@ -63,11 +110,18 @@ def train_flow(
     if warning := logprob_mismatch_warning(config):
         get_run_logger().warning(warning)
     take_over_dead_runs(config)
-    tracker = RunTracker(config, flow_run_id=flow_run.get_id())
+    links = flow_run_links(flow_run.get_id())
+    tracker = RunTracker(
+        config,
+        flow_run_id=flow_run.get_id(),
+        flow_run_url="" if links["command"] else links["url"],  # a temporary server's: gone
+        storage_uri=layout.uri(),
+    )
     reporter = Reporter(config, tracker, total_steps=planned_steps(config))
     error: BaseException | None = None
     try:
         run_stage("prepare", config)
+        reporter.datasets(layout)
         if config.warmstart.enabled:
             reporter.warmstart(*run_stage("warmstart", config))
         with EngineSession(config) as session:
@@ -82,13 +136,20 @@ def train_flow(
                     stages = run_stages(config, k, session, ITERATION_STAGES)
                     finish_iteration(config, k, session, reporter, *stages)
         reporter.figures()
+        policy = layout.policy(config, config.iterations)
+        reporter.final_policy(layout, policy)
         return {
             "run_id": config.run_id,
+            "preset": config.preset,
             "mlflow_run_id": tracker.run_id,
-            "policy": layout.policy(config, config.iterations),
+            "policy": policy,
             "metrics": reporter.last,
             "history": reporter.summary,
             "mlflow": tracker.url(),
+            "mlflow_ui": tracker.ui_command(),
+            "prefect_flow_run_id": str(flow_run.get_id() or ""),
+            "prefect": links["url"],
+            "prefect_ui": links["command"],
             "storage": layout.uri(),
         }
     except BaseException as failure:
@@ -111,7 +172,7 @@ def take_over_dead_runs(config: RunConfig) -> None:
     if killed:
         logger.warning("marked %d dead MLflow run(s) of run %r KILLED", len(killed), config.run_id)
     try:
-        crashed = mark_crashed_flow_runs(config.run_id)
+        crashed = mark_crashed_flow_runs(config.run_id, identity_tags(config))
     except Exception as error:  # bookkeeping: never the reason a run does not start
         logger.warning("could not check for dead Prefect flow runs: %s", error)
         return
@@ -119,9 +180,14 @@ def take_over_dead_runs(config: RunConfig) -> None:
         logger.warning("marked %d dead flow run(s) of run %r Crashed", crashed, config.run_id)
 
 
-def mark_crashed_flow_runs(run_id: str) -> int:
-    """Tag the current flow run; set the other RUNNING flow runs tagged with `run_id`
-    whose process is gone to Crashed. Returns how many were."""
+def identity_tags(config: RunConfig) -> list[str]:
+    """What the run is, as flow-run tags (filters in Prefect's UI)."""
+    return [f"preset:{config.preset}", f"estimator:{config.estimator.name}"]
+
+
+def mark_crashed_flow_runs(run_id: str, tags: Sequence[str] = ()) -> int:
+    """Tag the current flow run (its run id, process and `tags`); set the other RUNNING
+    flow runs tagged with `run_id` whose process is gone to Crashed. Returns how many were."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas import filters
     from prefect.client.schemas.objects import StateType
@@ -138,8 +204,9 @@ def mark_crashed_flow_runs(run_id: str) -> int:
     )
     crashed = 0
     with get_client(sync_client=True) as client:
-        tags = [*client.read_flow_run(own).tags, RUN_TAG + run_id]
-        client.update_flow_run(own, tags=[*tags, PROCESS_TAG + process_identity()])
+        own_tags = [*client.read_flow_run(own).tags, RUN_TAG + run_id, *tags]
+        own_tags.append(PROCESS_TAG + process_identity())
+        client.update_flow_run(own, tags=list(dict.fromkeys(own_tags)))
         for other in client.read_flow_runs(flow_run_filter=running):
             process = next((t for t in other.tags if t.startswith(PROCESS_TAG)), PROCESS_TAG)
             if str(other.id) == str(own) or identity_alive(process.removeprefix(PROCESS_TAG)):

@@ -148,7 +148,8 @@ def test_local_deployment_runs_in_the_checkout(deployment):
     # root, where the entry points resolve) as the runs' working directory.
     assert "pull" not in deployment
     assert (ROOT / Path(deployment["entrypoint"].split(":")[0])).name.endswith(".py")
-    assert not deployment["work_pool"].get("job_variables")
+    job_variables = deployment["work_pool"].get("job_variables") or {}
+    assert set(job_variables) <= {"env"}  # no working_dir override: the checkout is the cwd
 
 
 def test_schedules():
