@@ -17,7 +17,7 @@ DEEPSPEED_PKG ?= deepspeed==0.19.8
 PIP_EXTRA ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format install clean-venv gpu-wheels
+.PHONY: run test lint format install browser clean-venv gpu-wheels
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,8 +62,16 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The browser of the UI tests (tests/ui): Debian's chromium, driven by Playwright (in the
+# lock); Playwright's own browser download is not used. Installed when it is missing.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
-test: lint
+test: lint browser
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

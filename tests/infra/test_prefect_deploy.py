@@ -1,6 +1,7 @@
 """`prefect deploy --all` of deployments/prefect.yaml against a real Prefect server.
 
-Starts `prefect server start` on 127.0.0.1 (own PREFECT_HOME, analytics and UI off),
+Starts `prefect server start` on 127.0.0.1 (own PREFECT_HOME, analytics and UI off;
+the `prefect_server` fixture of tests/infra/conftest.py),
 creates both work pools with the commands infra/README.md gives (the Kubernetes one
 from the project's base job template, which the server validates), runs
 `prefect deploy` from the repository root as a user would, and reads the deployments
@@ -10,17 +11,11 @@ job variables against the pool's template on the way in.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 import yaml
 
+from tests.infra.conftest import prefect_cli
 from tests.infra.helpers import (
     JOB_TEMPLATE,
     K8S_POOL,
@@ -30,67 +25,6 @@ from tests.infra.helpers import (
     deployments,
     job_template,
 )
-
-PREFECT = [sys.executable, "-m", "prefect"]  # the CLI of the interpreter running the tests
-STARTUP_TIMEOUT_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """(api_url, env) of a fresh Prefect server; stopped (its process group) afterwards."""
-    home = tmp_path_factory.mktemp("prefect-home")  # must exist before start-up
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=api_url,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_UI_ENABLED="false",
-        PREFECT_CLI_COLORS="false",
-    )
-    log = open(home / "server.log", "w")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen(
-        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: stop it and its children
-    )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            assert server.poll() is None, (home / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "Prefect server did not start in time"
-            time.sleep(0.5)
-        yield api_url, env
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
-
-
-def prefect_cli(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [*PREFECT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
 
 
 @pytest.mark.slow
