@@ -35,6 +35,10 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	$(PIP) install -q --no-deps --no-build-isolation $(DEEPSPEED_PKG)
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import torch, vllm, deepspeed, prefect, mlflow; print('env ok: torch', torch.__version__, '| vllm', vllm.__version__, '| deepspeed', deepspeed.__version__)" 2>&1 | grep 'env ok'
+	# DeepSpeed on CPU JIT-builds its shared-memory communication op on first use (30 s to
+	# 2.5 min); built here, the first run's warm-start does not pay for it (cached in
+	# ~/.cache/torch_extensions, or $$TORCH_EXTENSIONS_DIR).
+	DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)" >/dev/null 2>&1 || echo "DeepSpeed's CPU comm op not prebuilt: the first train step builds it"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -33,17 +33,21 @@ from a2tgpo.cli_common import (
 from a2tgpo.errors import describe
 
 
+def shown_preset(cfg, preset: str) -> str:
+    """The preset parameter Prefect shows: the config's own (a `--config` file or `--set`
+    may rename it to a label that is no preset: then the one it started from)."""
+    from a2tgpo.presets import PRESETS
+
+    return cfg.preset if cfg.preset in PRESETS else preset
+
+
 @app.command()
 def train(preset: str = PresetOpt, config: Path = ConfigOpt, set_: list[str] = SetOpt) -> None:
     """Run the training flow (Prefect): warm-start, then rollout -> IG -> advantages -> train."""
-    from a2tgpo.presets import PRESETS
     from flows.train import train_flow
 
     cfg = load_config(preset, config, set_)
-    # Prefect shows the preset parameter: the config's own (a `--config` file or `--set`
-    # may rename it to a label that is no preset: then the one it started from)
-    shown = cfg.preset if cfg.preset in PRESETS else preset
-    result = train_flow(preset=shown, config=cfg)
+    result = train_flow(preset=shown_preset(cfg, preset), config=cfg)
     console.rule("done")
     console.print(history_table(result["history"]))
     for line in run_links(result):
@@ -99,7 +103,7 @@ def evaluate(
     from flows.evaluate import evaluate_flow
 
     cfg = load_config(preset, config, set_)
-    result = evaluate_flow(config=cfg, policy_uri=policy)
+    result = evaluate_flow(preset=shown_preset(cfg, preset), config=cfg, policy_uri=policy)
     if as_json:
         console.print_json(json.dumps(result, default=str))
         return

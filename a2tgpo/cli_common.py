@@ -22,7 +22,10 @@ from a2tgpo.errors import ConfigFileError, InputError, describe, one_line
 # command runs): so set here, unless the user set them. Prefect's 20 s for its temporary
 # server are not enough on a busy machine; nothing phones home (MLflow's two are those of
 # a2tgpo.tracking.mlflow_logger.disable_mlflow_telemetry, which the flows also call).
+# vLLM's INFO lines (hundreds per engine start) would bury the run's own progress; its
+# warnings still show, and VLLM_LOGGING_LEVEL=INFO brings the rest back.
 DEFAULT_ENVIRONMENT = {
+    "VLLM_LOGGING_LEVEL": "WARNING",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -18,7 +18,6 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from a2tgpo.config import RunConfig
 from a2tgpo.data.commit import is_committed
 from a2tgpo.errors import InputError
 from a2tgpo.layout import RunLayout
@@ -26,16 +25,17 @@ from a2tgpo.presets import resolve_config
 from a2tgpo.rollout.session import EngineSession
 from a2tgpo.stages.contract import STAGES
 from a2tgpo.tracking.mlflow_logger import RunTracker, disable_mlflow_telemetry
+from flows.parameters import PartialConfig, PresetName
 from flows.reporting import Reporter
 from flows.tasks import run_stage
 
 
 @flow(name="a2tgpo-evaluate", log_prints=True)
 def evaluate_flow(
-    preset: str = "embedded",
-    overrides: dict[str, Any] | None = None,
+    preset: PresetName = "embedded",
+    overrides: dict[str, Any] | list[str] | None = None,
     policy_uri: str = "",
-    config: RunConfig | None = None,
+    config: PartialConfig = None,
 ) -> dict[str, Any]:
     """Evaluate a policy (default: the run's newest checkpoint); returns EM / F1 per data
     source by mode (`results`), the policy's URI and its version."""

@@ -20,6 +20,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from tqdm.auto import tqdm
 
 from a2tgpo.analysis.benchmarks import average_metrics, benchmark_rows
 from a2tgpo.config import RunConfig
@@ -129,6 +130,8 @@ class Reporter:
         self.per_turn: list[dict[str, Any]] = []  # per-turn stats per iteration (figures)
         self.last: dict[str, float] = {}
         self.clock = time.perf_counter()  # the end of the last iteration (start_iterations)
+        # the run's overall progress on the console, above the stages' own bars
+        self.bar = tqdm(total=self.total, desc=f"run {config.run_id}", unit="step", position=0)
         self.progress_id = create_progress_artifact(
             progress=0.0,
             key=_key(config, "progress"),
@@ -231,8 +234,15 @@ class Reporter:
         self.tracker.log_metrics({"time/log_model_s": seconds}, step=self.config.iterations - 1)
 
     def step_done(self) -> None:
+        """One iteration or evaluation done (the progress artifact and the console bar)."""
         self.done += 1
+        self.bar.update(1)
+        if self.last:
+            self.bar.set_postfix(reward=f"{self.last.get('reward', float('nan')):.3f}")
         update_progress_artifact(self.progress_id, progress=100.0 * self.done / self.total)
+
+    def close(self) -> None:
+        self.bar.close()
 
     def figures(self) -> None:
         if not self.per_turn:

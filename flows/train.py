@@ -37,38 +37,23 @@ top of the preset (`a2tgpo.presets.resolve_config`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from pydantic import WithJsonSchema
 
 from a2tgpo.config import RunConfig
 from a2tgpo.engines.options import logprob_mismatch_warning
 from a2tgpo.layout import RunLayout, pin_run_config
-from a2tgpo.presets import PRESETS, resolve_config
+from a2tgpo.presets import resolve_config
 from a2tgpo.rollout.session import EngineSession
 from a2tgpo.stages.contract import INITIAL, ITERATION_STAGES
 from a2tgpo.supervise import identity_alive, process_identity
 from a2tgpo.tracking.mlflow_logger import RunTracker, disable_mlflow_telemetry, mark_crashed_runs
 from a2tgpo.training.persistent import trainer_for
+from flows.parameters import PartialConfig, PresetName
 from flows.reporting import Reporter, evaluation_due, flow_run_links, planned_steps
 from flows.tasks import run_stage, submit_stage
-
-# The preset parameter's choices: every name in PRESETS (a new preset joins the list)
-PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
-# `config`: a partial tree in Prefect's form (a JSON object, merged on top of the preset;
-# RunConfig's own schema would show every default and replace the preset's values); a
-# whole RunConfig from Python (the CLI, the sweep, tests) is taken as it is.
-PartialConfig = Annotated[
-    dict[str, Any] | RunConfig | None,
-    WithJsonSchema(
-        {
-            "anyOf": [{"type": "object", "additionalProperties": True}, {"type": "null"}],
-            "examples": [{"rollout": {"group_size": 16}, "train": {"learning_rate": 1e-5}}],
-        }
-    ),
-]
 
 
 def flow_run_name() -> str:
@@ -156,6 +141,7 @@ def train_flow(
         error = failure
         raise
     finally:
+        reporter.close()
         tracker.finish("FAILED" if error else "FINISHED", error)
 
 

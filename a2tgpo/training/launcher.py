@@ -60,6 +60,7 @@ class StepRunner(Protocol):
 
     def run(self, job: TrainJob) -> dict: ...
 
+
 log = logging.getLogger(__name__)
 WORK_PREFIX = "train-step-"
 SERVICE_GLOB = "train-service-*"  # the persistent trainer's control folders
