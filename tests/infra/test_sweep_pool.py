@@ -21,8 +21,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.flows.conftest import TINY_RUN
+from tests.infra.conftest import PREFECT, prefect_cli
 from tests.infra.helpers import ROOT
-from tests.infra.test_prefect_deploy import PREFECT, prefect_cli, prefect_server  # noqa: F401
 
 POOL = "sweep-test-pool"
 SWEEP_TIMEOUT_S = 1500
@@ -51,7 +51,7 @@ def deploy_train_flow(env: dict[str, str], tmp_path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_sweep_members_run_on_a_work_pool(prefect_server, tmp_path):  # noqa: F811
+def test_sweep_members_run_on_a_work_pool(prefect_server, tmp_path):
     api_url, env = prefect_server
     env = {**env, "A2TGPO_CACHE": str(tmp_path / "cache"), "VLLM_LOGGING_LEVEL": "WARNING"}
     deployment = deploy_train_flow(env, tmp_path)
