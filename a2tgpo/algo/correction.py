@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from a2tgpo.algo.loss import _LOG_RATIO_LIMIT, RATIO_LEVELS, turn_mean
+from a2tgpo.algo.loss import _LOG_RATIO_LIMIT, RATIO_LEVELS, per_turn_means, turn_mean
 
 CORRECTION_MODES = ("none", "tis", "mis")
 
@@ -95,13 +95,8 @@ def _correction_stats(weights, capped, valid, turn_ids) -> dict[str, Any]:
         "capped_fraction": float(capped.sum()) / max(n, 1),
     }
     if turn_ids is not None:
-        in_turn = valid & (turn_ids >= 0)
-        ids = turn_ids[in_turn].long()
-        size = int(ids.max()) + 1 if ids.numel() else 0
-        tokens = torch.bincount(ids, minlength=size)
-        weight_sum = torch.bincount(ids, weights=weights[in_turn].double(), minlength=size)
-        capped_sum = torch.bincount(ids, weights=capped[in_turn].double(), minlength=size)
-        stats["tokens_by_turn"] = tokens.tolist()
-        stats["weight_mean_by_turn"] = (weight_sum / tokens.clamp(min=1)).tolist()
-        stats["capped_fraction_by_turn"] = (capped_sum / tokens.clamp(min=1)).tolist()
+        tokens, (weight, capped_share) = per_turn_means(turn_ids, valid, weights, capped)
+        stats["tokens_by_turn"] = tokens
+        stats["weight_mean_by_turn"] = weight
+        stats["capped_fraction_by_turn"] = capped_share
     return stats

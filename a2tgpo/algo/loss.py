@@ -169,11 +169,23 @@ def _loss_stats(ratio, log_ratio, valid, clip_active, dual_active, adv, turn_ids
             "approx_kl": float((0.5 * lr * lr).mean()) if lr.numel() else 0.0,
         }
         if turn_ids is not None:
-            in_turn = valid & (turn_ids >= 0)
-            ids = turn_ids[in_turn].long()
-            size = int(ids.max()) + 1 if ids.numel() else 0
-            tokens = torch.bincount(ids, minlength=size)
-            clipped = torch.bincount(ids, weights=clip_active[in_turn].double(), minlength=size)
-            stats["tokens_by_turn"] = tokens.tolist()
-            stats["clip_fraction_by_turn"] = (clipped / tokens.clamp(min=1)).tolist()
+            tokens, (clipped,) = per_turn_means(turn_ids, valid, clip_active)
+            stats["tokens_by_turn"] = tokens
+            stats["clip_fraction_by_turn"] = clipped
     return stats
+
+
+def per_turn_means(
+    turn_ids: torch.Tensor, valid: torch.Tensor, *values: torch.Tensor
+) -> tuple[list[int], list[list[float]]]:
+    """Tokens per turn index, and each of `values`' mean over the valid tokens of each turn
+    index (0 for an index with no token), as lists indexed by turn."""
+    in_turn = valid & (turn_ids >= 0)
+    ids = turn_ids[in_turn].long()
+    size = int(ids.max()) + 1 if ids.numel() else 0
+    tokens = torch.bincount(ids, minlength=size)
+    means = [
+        (torch.bincount(ids, weights=v[in_turn].double(), minlength=size) / tokens.clamp(min=1))
+        for v in values
+    ]
+    return tokens.tolist(), [m.tolist() for m in means]
