@@ -241,10 +241,11 @@ def test_a_killed_train_command_leaves_no_process_and_no_temp_folder(tmp_path):
         def engine_and_workers_up() -> bool:
             assert top.poll() is None, f"train ended first:\n{log.read_text()[-8000:]}"
             session.poll()
-            return session.running("EngineCore") and session.running("a2tgpo.training.worker")
+            # the flow's persistent trainer runs its ranks as a2tgpo.training.serve
+            return session.running("EngineCore") and session.running("a2tgpo.training.serve")
 
         wait_for(engine_and_workers_up, 1200, "no train step beside a running vLLM", log)
-        assert list((tmp_path / "tmp").glob("a2tgpo-session-*/train-step-*"))
+        assert list((tmp_path / "tmp").glob("a2tgpo-session-*/train-service-*"))
         top.kill()
         top.wait(timeout=60)
         deadline = time.monotonic() + 120
@@ -258,6 +259,7 @@ def test_a_killed_train_command_leaves_no_process_and_no_temp_folder(tmp_path):
     left = [
         *(tmp_path / "tmp").rglob("a2tgpo-session-*"),
         *(tmp_path / "tmp").rglob("train-step-*"),
+        *(tmp_path / "tmp").rglob("train-service-*"),
     ]
     assert not left, left
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
