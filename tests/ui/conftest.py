@@ -12,7 +12,6 @@ $A2TGPO_TEST_ARTIFACTS, else test-artifacts/ at the repository root (git-ignored
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.infra.conftest import free_port, prefect_cli, running_prefect_server
+from tests.infra.conftest import free_port, prefect_cli, running_prefect_server, stop_group
 from tests.infra.helpers import LOCAL_POOL, PREFECT_YAML, ROOT
 
 CHROMIUM = Path(os.environ.get("A2TGPO_CHROMIUM", "/usr/bin/chromium"))
@@ -60,6 +59,8 @@ def browser(tmp_path_factory):
     """A Playwright browser context of headless Chromium with a fresh profile."""
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing: `make browser` installs Debian's chromium"
+        # `make test` installs it, so CI fails without it; a bare `pytest` on a machine
+        # without the package skips the browser tests instead of erroring in set-up
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -91,16 +92,6 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout_s: flo
             pass
         assert time.monotonic() < deadline, f"{url} not up in {timeout_s} s"
         time.sleep(0.5)
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 # ----------------------------------------------------------------------------- MLflow
