@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field
 
+from a2tgpo.config_lora import LoraConfig
 from a2tgpo.config_rules import Section as _Section
 from a2tgpo.config_rules import check_run_id, check_storage_root, refuse_credentials
 from a2tgpo.config_train import PipelineConfig, TrainConfig, WarmstartConfig
@@ -60,6 +61,10 @@ class ModelConfig(_Section):
     tiny_max_positions: int = Field(2048, ge=256, description="Tiny model: context length.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype in engines and trainer. auto = bf16 on GPU, fp32 on CPU."
+    )
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig,
+        description="LoRA adapters on the frozen policy (off unless lora.rank > 0).",
     )
 
 

@@ -48,6 +48,12 @@ class TrainConfig(Section):
     correction_cap: float = Field(
         2.0, gt=1, description="The cap C of rollout_correction (TIS truncation, MIS mask)."
     )
+    export_merged: bool = Field(
+        False,
+        description="With model.lora: also commit the merged policy (base + adapter) as an HF "
+        "folder `hf/` beside `adapter/` in every checkpoint, for serving without LoRA support. "
+        "Costs a full model's bytes per checkpoint. Without LoRA, `hf/` is always written.",
+    )
 
 
 class WarmstartConfig(Section):

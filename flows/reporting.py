@@ -10,7 +10,9 @@ statistics behind the figures.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,9 +26,10 @@ from tqdm.auto import tqdm
 
 from a2tgpo.analysis.benchmarks import average_metrics, benchmark_rows
 from a2tgpo.config import RunConfig
-from a2tgpo.data.checkpoints import local_policy
+from a2tgpo.data.checkpoints import policy_files
 from a2tgpo.data.manifest import Manifest
 from a2tgpo.data.stage import read_manifest, read_stage
+from a2tgpo.engines.adapters import save_merged
 from a2tgpo.layout import RunLayout
 from a2tgpo.stages.contract import INITIAL
 from a2tgpo.tracking.figures import run_figures
@@ -109,6 +112,15 @@ def explain_blank_ig(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         blank = ig is None or (isinstance(ig, float) and math.isnan(ig))
         row["note"] = NO_IG_NOTE if blank else ""
     return rows
+
+
+def uploaded_policy(layout: RunLayout, uri: str, scratch: Path) -> Path:
+    """The HF folder MLflow uploads: the policy's, or for a LoRA policy its adapter merged
+    into the base, written under `scratch` (a folder any transformers loads)."""
+    policy = policy_files(layout.storage, uri)
+    if policy.adapter_dir is None:
+        return policy.model_dir
+    return save_merged(policy.model_dir, policy.adapter_dir, scratch / "merged")
 
 
 def log_model_mode(config: RunConfig) -> str:
@@ -224,8 +236,9 @@ class Reporter:
             return
         start = time.perf_counter()
         try:
-            local = local_policy(layout.storage, uri) if mode == "upload" else None
-            self.tracker.log_policy(self.config, uri, local, step=self.config.iterations)
+            with tempfile.TemporaryDirectory(prefix="a2tgpo-merged-") as tmp:
+                local = uploaded_policy(layout, uri, Path(tmp)) if mode == "upload" else None
+                self.tracker.log_policy(self.config, uri, local, step=self.config.iterations)
         except Exception as error:
             get_run_logger().warning("could not log the final policy to MLflow: %s", error)
             self.tracker.set_tag("a2tgpo.log_model_error", f"{type(error).__name__}: {error}"[:500])

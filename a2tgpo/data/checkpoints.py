@@ -4,7 +4,9 @@ A policy is named by a URI: a committed checkpoint folder in storage (`hf/` hold
 the HF model and, after an RL step, `optim/` holding the optimizer state as
 safetensors + JSON, `a2tgpo.training.optimizer_state`), a plain local HF folder (a
 user's model), or a Hugging Face hub id (fetched by transformers/vLLM themselves in a
-cluster; nothing is downloaded here).
+cluster; nothing is downloaded here). A LoRA step's checkpoint holds `adapter/` (peft's
+folder, whose config names the frozen base policy's URI) instead of `hf/`, or beside a
+merged `hf/` (`train.export_merged`); `policy_files` resolves it to base + adapter.
 
 A committed checkpoint is data that storage could have changed, so it is never
 unpickled: `materialize` checks every file against the manifest, and a checkpoint
@@ -14,15 +16,19 @@ is refused before anything opens it, whatever its manifest says.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from a2tgpo.data.directories import materialize
 from a2tgpo.data.errors import StageMismatch
 from a2tgpo.data.stage import read_manifest
 from a2tgpo.data.storage import Storage
+from a2tgpo.engines.adapters import ADAPTER_CONFIG, AdapterError, adapter_base
 
+MARKERS = ("config.json", ADAPTER_CONFIG)  # what makes a folder a model or an adapter
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 STATE_DIR = "optim"
+ADAPTER_DIR = "adapter"
 
 
 class UnsafeCheckpoint(StageMismatch):
@@ -33,7 +39,8 @@ def checkpoint_parts(local: Path) -> tuple[Path, Path | None]:
     """(HF folder, optimizer state folder or None) of a local checkpoint or model folder."""
     hf = local / "hf" if (local / "hf" / "config.json").exists() else local
     if not (hf / "config.json").exists():
-        raise FileNotFoundError(f"no HF model (config.json) in checkpoint {local}")
+        lora = " (a LoRA checkpoint: read it with policy_files)" * is_adapter_checkpoint(local)
+        raise FileNotFoundError(f"no HF model (config.json) in checkpoint {local}{lora}")
     state = local / STATE_DIR
     return hf, state if state.is_dir() else None
 
@@ -62,7 +69,7 @@ def local_checkpoint(storage: Storage, uri: str) -> Path:
         refuse_pickles(local, uri)
         return local
     path = Path(uri)
-    if (path / "config.json").exists() or (path / "hf" / "config.json").exists():
+    if any((path / sub / name).exists() for sub in ("", "hf", ADAPTER_DIR) for name in MARKERS):
         return path  # a plain local model folder, e.g. the user's own model
     raise FileNotFoundError(f"no committed checkpoint and no model folder at {uri}")
 
@@ -70,3 +77,39 @@ def local_checkpoint(storage: Storage, uri: str) -> Path:
 def local_policy(storage: Storage, uri: str) -> Path:
     """The HF model folder of the policy at `uri`."""
     return checkpoint_parts(local_checkpoint(storage, uri))[0]
+
+
+@dataclass(frozen=True)
+class PolicyFiles:
+    """A policy as local folders: an HF model, or a frozen base HF model plus an adapter."""
+
+    model_dir: Path  # the policy's HF folder, or the base of `adapter_dir`
+    adapter_dir: Path | None = None  # peft's LoRA folder, applied on `model_dir`
+    state_dir: Path | None = None  # the optimizer state of the step that wrote the policy
+    base_uri: str | None = None  # the URI of `model_dir` when it is an adapter's base
+
+
+def is_adapter_checkpoint(local: Path) -> bool:
+    return (local / ADAPTER_DIR / ADAPTER_CONFIG).is_file()
+
+
+def policy_files(storage: Storage, uri: str) -> PolicyFiles:
+    """The local folders of the policy at `uri`; an adapter's base is resolved (and
+    downloaded) from the URI its adapter config names."""
+    local = local_checkpoint(storage, uri)
+    state = local / STATE_DIR if (local / STATE_DIR).is_dir() else None
+    if not is_adapter_checkpoint(local):
+        return PolicyFiles(checkpoint_parts(local)[0], None, state)
+    adapter = local / ADAPTER_DIR
+    base_uri = adapter_base(adapter)
+    base = policy_files(storage, base_uri)
+    if base.adapter_dir is not None:
+        raise AdapterError(
+            f"the adapter of {uri} names {base_uri} as its base, which is itself an adapter "
+            "checkpoint: adapters do not stack (the base must be a full model)"
+        )
+    return PolicyFiles(base.model_dir, adapter, state, base_uri)
+
+
+def adapter_path(policy: PolicyFiles) -> str | None:
+    return str(policy.adapter_dir) if policy.adapter_dir else None

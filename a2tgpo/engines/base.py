@@ -110,6 +110,25 @@ class Engine(ABC):
     def close(self) -> None:
         """Release the model (and any engine process). Safe to call twice."""
 
+    model_dir: str = ""  # the folder of the weights held (the base when an adapter is on)
+    adapter_dir: str | None = None  # the LoRA adapter applied on them, if any
+
+    def set_adapter(self, adapter_dir: str | None) -> None:
+        """Apply the LoRA adapter in `adapter_dir` (None: none) on the base weights held."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve LoRA adapters")
+
+    def hold(self, model_dir: str, adapter_dir: str | None = None) -> bool:
+        """Hold the policy `model_dir` (+ `adapter_dir`), reloading in place only what
+        differs; returns whether anything was loaded."""
+        changed = False
+        if str(model_dir) != self.model_dir:
+            self.reload_weights(str(model_dir))
+            changed = True
+        if (str(adapter_dir) if adapter_dir else None) != self.adapter_dir:
+            self.set_adapter(str(adapter_dir) if adapter_dir else None)
+            changed = True
+        return changed
+
     def __enter__(self) -> Engine:
         return self
 

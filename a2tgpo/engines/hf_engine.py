@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from a2tgpo.batching import token_budget_batches
+from a2tgpo.engines.adapters import load_causal_lm
 from a2tgpo.engines.base import (
     Engine,
     Generation,
@@ -50,8 +51,13 @@ class HFEngine(Engine):
         tokens_per_batch: int = 8192,
         attn_implementation: str = "sdpa",
         logprobs_mode: LogprobsMode = "raw",
+        adapter_dir: str | os.PathLike[str] | None = None,
+        max_lora_rank: int = 0,
     ) -> None:
         """max_model_len None = the model's max_position_embeddings.
+
+        adapter_dir: a LoRA adapter merged into the weights at load (any rank:
+        max_lora_rank, which sizes vLLM's adapter slots, is not needed here).
 
         logprobs_mode: what sampled-token log-probs are (base.py): "raw" or "sampled".
 
@@ -59,7 +65,7 @@ class HFEngine(Engine):
         the padded tokens of one `prompt_logprobs` forward (its logits are B x L x V).
         """
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         check_logprobs_mode(logprobs_mode)
         self._torch = torch
@@ -67,8 +73,12 @@ class HFEngine(Engine):
         self.model_dir = str(model_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.model: Any = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=torch_dtype(dtype), attn_implementation=attn_implementation
+        self.adapter_dir = str(adapter_dir) if adapter_dir else None
+        self.model: Any = load_causal_lm(
+            model_dir,
+            adapter_dir,
+            dtype=torch_dtype(dtype),
+            attn_implementation=attn_implementation,
         )
         self.model.to(self.device).eval()
         self.max_model_len = max_model_len or self.model.config.max_position_embeddings
@@ -119,12 +129,21 @@ class HFEngine(Engine):
         return result  # type: ignore[return-value]
 
     def reload_weights(self, model_dir: str | os.PathLike[str]) -> None:
-        """Load the weights of `model_dir` (same architecture) into the loaded model."""
+        """Load the weights of `model_dir` (same architecture) into the loaded model (any
+        adapter is dropped with the old weights)."""
         from transformers import AutoModelForCausalLM
 
         fresh = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=self.model.dtype)
         self.model.load_state_dict(fresh.state_dict())
         self.model_dir = str(model_dir)
+        self.adapter_dir = None
+
+    def set_adapter(self, adapter_dir: str | None) -> None:
+        """The base weights again, with `adapter_dir` merged in (a merge cannot be undone
+        exactly in floating point, so the base is reloaded first)."""
+        fresh = load_causal_lm(self.model_dir, adapter_dir, dtype=self.model.dtype)
+        self.model.load_state_dict(fresh.state_dict())
+        self.adapter_dir = str(adapter_dir) if adapter_dir else None
 
     def close(self) -> None:
         self.model = None

@@ -25,6 +25,8 @@ def engine_options(config: RunConfig) -> dict[str, Any]:
         "kv_cache_gib": config.rollout.kv_cache_gib,
         "tensor_parallel_size": config.rollout.tensor_parallel_size,
         "logprobs_mode": config.rollout.logprobs,
+        # LoRA adapter slots (vLLM); 0 = the policy is served as plain weights
+        "max_lora_rank": config.model.lora.rank,
     }
 
 

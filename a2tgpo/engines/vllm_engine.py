@@ -51,6 +51,7 @@ from a2tgpo.engines.base import (
     check_starts,
     expand_specs,
 )
+from a2tgpo.engines.vllm_lora import AdapterSlot, lora_engine_kwargs
 
 # vLLM's CPU default for one scheduler step's token budget (offline `LLM`).
 _CPU_STEP_TOKENS = 4096
@@ -105,9 +106,14 @@ class VLLMEngine(Engine):
         enable_prefix_caching: bool = True,
         enforce_eager: bool | None = None,
         logprobs_mode: LogprobsMode = "raw",
+        max_lora_rank: int = 0,
+        adapter_dir: str | os.PathLike[str] | None = None,
         **llm_kwargs: Any,
     ) -> None:
         """kv_cache_gib None = vLLM's own sizing (GPU: gpu_memory_utilization).
+
+        max_lora_rank > 0 serves LoRA adapters up to that rank on the base weights
+        (`set_adapter`; one adapter slot, the policy's); `adapter_dir` is applied at start.
 
         logprobs_mode: what sampled-token log-probs are (base.py): "raw" or "sampled".
 
@@ -143,6 +149,7 @@ class VLLMEngine(Engine):
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(max_model_len, _CPU_STEP_TOKENS)
         kwargs["worker_extension_cls"] = _EXTENSION
+        kwargs |= lora_engine_kwargs(max_lora_rank)
         kwargs.update(llm_kwargs)
         self._extension = kwargs["worker_extension_cls"]
         self.model_dir = str(model_dir)
@@ -151,7 +158,16 @@ class VLLMEngine(Engine):
         self._reload_logs_quiet = False
         self.max_model_len = max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.adapter_dir = None
+        self._adapter = AdapterSlot(max_lora_rank)
         self.llm: Any = LLM(**kwargs)
+        if adapter_dir:
+            self.set_adapter(str(adapter_dir))
+
+    def set_adapter(self, adapter_dir: str | None) -> None:
+        """Serve `adapter_dir` (None: the base alone) from now on, without restarting."""
+        self._adapter.switch(self.llm, adapter_dir)
+        self.adapter_dir = adapter_dir
 
     def generate(
         self, prompts: list[list[int]], specs: SamplingSpec | list[SamplingSpec]
@@ -161,7 +177,10 @@ class VLLMEngine(Engine):
             return []
         params = [self._sampling_params(s) for s in specs]
         outputs = self.llm.generate(
-            [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False
+            [{"prompt_token_ids": list(p)} for p in prompts],
+            params,
+            use_tqdm=False,
+            lora_request=self._adapter.request,
         )
         return [
             self._to_generation(out.outputs[0], s) for out, s in zip(outputs, specs, strict=True)
@@ -178,7 +197,10 @@ class VLLMEngine(Engine):
             max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False, flat_logprobs=True
         )
         outputs = self.llm.generate(
-            [{"prompt_token_ids": list(s)} for s in sequences], params, use_tqdm=False
+            [{"prompt_token_ids": list(s)} for s in sequences],
+            params,
+            use_tqdm=False,
+            lora_request=self._adapter.request,
         )
         result = []
         for out, seq, start in zip(outputs, sequences, starts, strict=True):
@@ -199,6 +221,8 @@ class VLLMEngine(Engine):
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_dir)})
         self.llm.reset_prefix_cache()
         self.model_dir = str(model_dir)
+        if self.adapter_dir is not None:  # an adapter belongs to the base it was trained on
+            self.set_adapter(None)
 
     def _reload_tied_head(self, model_dir: str | os.PathLike[str]) -> None:
         """Load the new embedding again as `lm_head.weight`, from a one-tensor folder."""

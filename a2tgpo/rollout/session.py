@@ -84,8 +84,9 @@ class EngineSession:
         with EngineSession(config, keep=True) as own:
             yield own
 
-    def engine_for(self, policy_dir: str) -> Engine | None:
-        """A running engine holding `policy_dir`, or None when stages start their own."""
+    def engine_for(self, policy_dir: str, adapter_dir: str | None = None) -> Engine | None:
+        """A running engine holding `policy_dir` (with the LoRA adapter `adapter_dir` on
+        it), or None when stages start their own."""
         if not self.keep:
             return None
         start = time.perf_counter()
@@ -96,15 +97,17 @@ class EngineSession:
             from a2tgpo.engines import make_engine
 
             self.engine = make_engine(
-                self.config.rollout.engine, policy_dir, **engine_options(self.config)
+                self.config.rollout.engine,
+                policy_dir,
+                adapter_dir=adapter_dir,
+                **engine_options(self.config),
             )
             self.timings.append({"start_s": time.perf_counter() - start})
-        elif getattr(self.engine, "model_dir", None) != str(policy_dir):
-            self.engine.reload_weights(policy_dir)
+        elif self.engine.hold(str(policy_dir), adapter_dir):
             self.timings.append({"reload_s": time.perf_counter() - start})
             log.info(
-                "reloaded %s into the running engine in %.1f s",
-                policy_dir,
+                "loaded %s into the running engine in %.1f s",
+                adapter_dir or policy_dir,
                 self.timings[-1]["reload_s"],
             )
         return self.engine

@@ -30,7 +30,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from a2tgpo.config import RolloutConfig, RunConfig
-from a2tgpo.data.checkpoints import local_policy
+from a2tgpo.data.checkpoints import adapter_path, policy_files
 from a2tgpo.data.directories import local_cache_dir
 from a2tgpo.data.manifest import Manifest
 from a2tgpo.data.schemas import TRAJECTORIES
@@ -308,7 +308,8 @@ def commit_trajectories(
     if prompts.num_rows == 0:
         raise InputError(f"prompts dataset {prompts_uri} is empty")
     tool = tool or make_search_tool(config.env, cache_dir=str(local_cache_dir()))
-    engine = session.engine_for(str(local_policy(storage, policy_uri)))
+    policy = policy_files(storage, policy_uri)
+    engine = session.engine_for(str(policy.model_dir), adapter_path(policy))
     run = run_episodes(config, prompts, engine, tool, seed=seed, progress=progress)
     table = trajectories_table(run.episodes, prompts, config, policy_version, staleness=staleness)
     return write_stage(

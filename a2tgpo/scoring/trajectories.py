@@ -98,9 +98,15 @@ def ig_stats(table: pa.Table) -> dict[str, Any]:
 
 
 def make_scorer(
-    kind: str, policy_dir: str, ig: IGConfig, dtype: str = "auto", engine=None
+    kind: str,
+    policy_dir: str,
+    ig: IGConfig,
+    dtype: str = "auto",
+    engine=None,
+    adapter_dir: str | None = None,
 ) -> Scorer:
-    """A scorer over the policy in `policy_dir` (naive / packed: HF in-process; vllm: engine)."""
+    """A scorer over the policy in `policy_dir`, with the LoRA adapter `adapter_dir` on it
+    (naive / packed: HF in-process, the adapter merged; vllm: the engine, which holds it)."""
     if kind == "vllm":
         if engine is None:
             raise ValueError("the vllm scorer needs a running engine (the rollout engine)")
@@ -108,15 +114,18 @@ def make_scorer(
 
         return VLLMScorer(engine)
     import torch
-    from transformers import AutoModelForCausalLM
 
+    from a2tgpo.engines.adapters import load_causal_lm
     from a2tgpo.engines.base import torch_dtype
     from a2tgpo.scoring.naive import NaiveScorer
     from a2tgpo.scoring.packed import PackedScorer
 
     on_gpu = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(
-        policy_dir, dtype=torch_dtype(dtype, on_gpu=on_gpu), attn_implementation="sdpa"
+    model = load_causal_lm(
+        policy_dir,
+        adapter_dir,
+        dtype=torch_dtype(dtype, on_gpu=on_gpu),
+        attn_implementation="sdpa",
     ).to("cuda" if on_gpu else "cpu")
     cls = {"naive": NaiveScorer, "packed": PackedScorer}[kind]
     return cls(model, ig.tokens_per_batch)

@@ -11,14 +11,26 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from a2tgpo.config import TrainConfig
+from a2tgpo.config_lora import LoraConfig
 from a2tgpo.engines.base import torch_dtype
+from a2tgpo.training.lora import attach_adapter
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AdapterPlan:
+    """Train LoRA adapters: new ones (`adapter_dir` None) or a checkpoint's."""
+
+    lora: LoraConfig
+    adapter_dir: str | None
+    seed: int
 
 
 def on_gpu() -> bool:
@@ -76,13 +88,21 @@ def load_policy(policy_dir: str, dtype: torch.dtype, gradient_checkpointing: boo
     return model
 
 
-def build_engine(policy_dir: str, train: TrainConfig, dtype: torch.dtype):
-    """A DeepSpeed engine training the HF policy in `policy_dir` with AdamW."""
+def build_engine(
+    policy_dir: str, train: TrainConfig, dtype: torch.dtype, adapters: AdapterPlan | None = None
+):
+    """A DeepSpeed engine training the HF policy in `policy_dir` with AdamW: every weight,
+    or, with `adapters`, LoRA adapters on it (the weights frozen, AdamW over the adapters)."""
     import deepspeed
 
     model = load_policy(policy_dir, dtype, train.gradient_checkpointing)
+    if adapters is not None:
+        model = attach_adapter(model, adapters.lora, adapters.adapter_dir, adapters.seed)
+        if train.gradient_checkpointing:  # frozen embeddings: checkpointed blocks need a grad input
+            model.enable_input_require_grads()
+    trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay, eps=1e-8
+        trainable, lr=train.learning_rate, weight_decay=train.weight_decay, eps=1e-8
     )
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=deepspeed_config(train, dtype)

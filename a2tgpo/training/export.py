@@ -29,12 +29,15 @@ WEIGHT_FILES = (
 
 
 def iter_full_parameters(
-    module: torch.nn.Module, dtype: torch.dtype | None = None
+    module: torch.nn.Module, dtype: torch.dtype | None = None, trainable: bool | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full CPU tensor) for every parameter; collective under ZeRO-3 (all ranks call)."""
+    """(name, full CPU tensor) for every parameter, or only the trainable (True) or frozen
+    (False) ones; collective under ZeRO-3 (all ranks call)."""
     import deepspeed
 
     for name, param in module.named_parameters():
+        if trainable is not None and param.requires_grad != trainable:
+            continue
         if hasattr(param, "ds_id"):  # partitioned by ZeRO-3: gather this one tensor only
             with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
                 tensor = param.data.detach().to("cpu", dtype=dtype or param.dtype, copy=True)
@@ -56,9 +59,22 @@ def export_hf(
 
     Every rank must call this (gathering is collective); only `write=True` writes.
     """
+    write_hf(iter_full_parameters(module, dtype), source_dir, out_dir, dtype, write, shard_bytes)
+
+
+def write_hf(
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    source_dir: str | Path,
+    out_dir: str | Path,
+    dtype: torch.dtype,
+    write: bool,
+    shard_bytes: int = 2 << 30,
+) -> None:
+    """Consume (HF name, tensor) pairs (every rank: they may be gathered collectively) into
+    the weight shards of an HF folder, with the source's other files (only where `write`)."""
     out = Path(out_dir)
     writer = ShardWriter(out, "model", shard_bytes) if write else None
-    for name, tensor in iter_full_parameters(module, dtype):
+    for name, tensor in tensors:
         if writer is not None:
             writer.add(name, tensor)
     if writer is None:

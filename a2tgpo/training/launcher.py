@@ -37,15 +37,17 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 from a2tgpo.config import RunConfig
-from a2tgpo.data.checkpoints import checkpoint_parts, local_checkpoint, local_policy
+from a2tgpo.data.checkpoints import PolicyFiles, local_policy, policy_files
 from a2tgpo.data.directories import commit_directory
 from a2tgpo.data.manifest import Manifest
 from a2tgpo.data.stage import read_manifest
 from a2tgpo.data.storage import Storage
+from a2tgpo.engines.adapters import AdapterError
 from a2tgpo.supervise import (
     parent_death_preexec,
     process_identity,
@@ -214,7 +216,7 @@ def train_and_commit(
     start = time.perf_counter()
     storage = Storage(config.storage)
     read_manifest_or_fail(storage, advantaged_uri)
-    policy_hf, state = checkpoint_parts(local_checkpoint(storage, policy_uri))
+    policy = input_policy(config, storage, policy_uri, mode)
     reference = None
     if reference_uri and config.train.kl_coef > 0:
         reference = str(local_policy(storage, reference_uri))
@@ -226,8 +228,10 @@ def train_and_commit(
         job = TrainJob(
             config=config,
             advantaged_uri=advantaged_uri,
-            policy_dir=str(policy_hf),
-            state_dir=str(state) if state else None,
+            policy_dir=str(policy.model_dir),
+            state_dir=str(policy.state_dir) if policy.state_dir else None,
+            adapter_dir=str(policy.adapter_dir) if policy.adapter_dir else None,
+            base_uri=policy.base_uri,
             reference_dir=reference,
             out_dir=str(out_dir),
             policy_version=policy_version,
@@ -241,14 +245,37 @@ def train_and_commit(
         else:
             stats = launch(config, job, Path(work) / "worker.log", stream=stream)
         add_step_timing(stats, begin - start, time.perf_counter() - begin)
+        if job.base_uri:  # a LoRA step: the manifest names the frozen base
+            stats["lora"] = {"base_policy": job.base_uri, **config.model.lora.model_dump()}
         return commit_directory(
             storage,
             out_dir,
             out_uri,
             policy_version=policy_version,
-            parents=[advantaged_uri, policy_uri],
+            parents=[advantaged_uri, policy_uri, *lineage_base(policy, policy_uri)],
             stats=stats,
         )
+
+
+def input_policy(config: RunConfig, storage: Storage, uri: str, mode: str) -> PolicyFiles:
+    """The step's input policy as local folders. Under model.lora an RL step trains
+    adapters on a frozen base: the input policy itself when it is a full model (the
+    first step: new adapters), else the base its adapter names."""
+    policy = policy_files(storage, uri)
+    lora = config.model.lora.enabled and mode == "rl"
+    if policy.adapter_dir is not None and not lora:
+        raise AdapterError(
+            f"{uri} is a LoRA checkpoint (adapter on {policy.base_uri}); a {mode} step on it "
+            "needs model.lora set as it was trained"
+        )
+    if lora and policy.base_uri is None:
+        return replace(policy, base_uri=uri, state_dir=None)  # new adapters: no AdamW state
+    return policy
+
+
+def lineage_base(policy: PolicyFiles, policy_uri: str) -> list[str]:
+    """The frozen base, named in the lineage of every LoRA checkpoint after the first."""
+    return [policy.base_uri] if policy.base_uri and policy.base_uri != policy_uri else []
 
 
 def add_step_timing(stats: dict, prepare_s: float, workers_s: float) -> None:

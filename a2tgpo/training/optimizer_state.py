@@ -40,7 +40,7 @@ def save_optimizer_state(engine, out_dir: str | Path, *, write: bool) -> None:
     step, keys = _step_and_keys(base, holders)
     with_master = _trains_in_low_precision(engine)
     writer = ShardWriter(Path(out_dir), "optimizer") if write else None
-    for name, param in engine.module.named_parameters():
+    for name, param in trainable_parameters(engine):
         for key in (*keys, *([MASTER] if with_master else [])):
             tensor = _full_state(base, param, key)  # collective: every rank gathers
             if writer is not None:
@@ -67,7 +67,7 @@ def load_optimizer_state(engine, state_dir: str | Path) -> int:
     link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
     if link is not None:
         link()
-    names = dict(engine.module.named_parameters())
+    names = dict(trainable_parameters(engine))
     wanted = {f"{n}.{k}" for n in names for k in meta["keys"] + ([MASTER] * meta["master"])}
     if wanted != set(meta["files"]):
         differ = sorted(wanted ^ set(meta["files"]))
@@ -80,6 +80,12 @@ def load_optimizer_state(engine, state_dir: str | Path) -> int:
             tensor = handles[meta["files"][f"{name}.{key}"]].get_tensor(f"{name}.{key}")
             _set_full_state(base, param, key, tensor)
     return meta["step"]
+
+
+def trainable_parameters(engine) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters AdamW updates: all of them, or the adapters of a LoRA policy (the
+    frozen base has no optimizer state)."""
+    return [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
 
 
 def _read_meta(folder: Path) -> dict:

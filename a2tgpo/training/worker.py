@@ -29,15 +29,22 @@ import torch
 from pydantic import BaseModel, Field
 
 from a2tgpo.config import RunConfig, TrainConfig
-from a2tgpo.data.checkpoints import STATE_DIR
+from a2tgpo.data.checkpoints import ADAPTER_DIR, STATE_DIR
 from a2tgpo.data.stage import read_stage
 from a2tgpo.data.storage import Storage
 from a2tgpo.engines.options import trainer_temperature
 from a2tgpo.faults import failpoint
 from a2tgpo.supervise import set_parent_death_signal
 from a2tgpo.training.batching import pack, samples_from_table, shard_for_rank, split_mini_batches
-from a2tgpo.training.engine import build_engine, init_distributed, load_policy, train_dtype
-from a2tgpo.training.export import export_hf
+from a2tgpo.training.engine import (
+    AdapterPlan,
+    build_engine,
+    init_distributed,
+    load_policy,
+    train_dtype,
+)
+from a2tgpo.training.export import export_hf, write_hf
+from a2tgpo.training.lora import count_parameters, export_adapter, iter_merged_parameters
 from a2tgpo.training.optimizer_state import load_optimizer_state, save_optimizer_state
 from a2tgpo.training.update import frozen_logprobs, idle_pass, run_sft, run_update
 
@@ -62,6 +69,12 @@ class TrainJob(BaseModel):
         "(the output of its last step) trains on from memory.",
     )
     out_uri: str | None = Field(None, description="Where the launcher commits this step.")
+    adapter_dir: str | None = Field(
+        None, description="model.lora: local adapter of the input policy (None: new adapters)."
+    )
+    base_uri: str | None = Field(
+        None, description="model.lora: URI of the frozen base policy (`policy_dir` holds it)."
+    )
     mode: Literal["rl", "sft"] = Field(
         "rl",
         description="rl: the A²TGPO update on an advantaged dataset. sft: likelihood of "
@@ -176,6 +189,7 @@ def mlflow_metrics(summary: dict) -> dict[str, float]:
         "approx_kl": summary.get("approx_kl", 0.0),
         "throughput/train_tokens_per_s": summary["tokens_per_s"],
         "train/skipped_too_long": float(summary.get("skipped_too_long", 0)),
+        "train/trainable_params": float(summary["parameters"]["trainable"]),
         **summary["mismatch"],
         **summary.get("correction", {}),
     }
@@ -207,14 +221,31 @@ def open_engine(job: TrainJob, train: TrainConfig, dtype, resident: Resident | N
             resident.engine.reload_states()
             resident.released = False
         return resident
-    engine = build_engine(job.policy_dir, train, dtype)
+    engine = build_engine(job.policy_dir, train, dtype, adapter_plan(job))
     if job.state_dir:
         load_optimizer_state(engine, job.state_dir)
     return Resident(engine, job.policy_uri)
 
 
+def adapter_plan(job: TrainJob) -> AdapterPlan | None:
+    """LoRA adapters to train, for an RL step under model.lora (the warm-start trains the
+    whole model: it is what the adapters' base is)."""
+    lora = job.config.model.lora
+    if job.mode != "rl" or not lora.enabled:
+        return None
+    seed = job.config.seed if lora.init_seed is None else lora.init_seed
+    return AdapterPlan(lora, job.adapter_dir, seed)
+
+
 def reference_logprobs(job, resident: Resident, owned, dtype, temperature):
-    """The KL reference's log-probs of this rank's micro-batches (its model kept resident)."""
+    """The KL reference's log-probs of this rank's micro-batches (its model kept resident).
+    When the reference is the frozen base of the adapters being trained, it is the same
+    engine with the adapters switched off: no second copy of the model."""
+    if adapter_plan(job) is not None and job.reference_dir == job.policy_dir:
+        with resident.engine.module.disable_adapter():
+            return frozen_logprobs(
+                resident.engine, [mb for mb in owned if mb is not None], temperature
+            )
     if resident.reference is None:
         path = job.reference_dir or job.policy_dir
         resident.reference = load_policy(path, dtype).to(resident.engine.device)
@@ -253,6 +284,7 @@ def run(job: TrainJob, resident: Resident | None = None) -> tuple[dict, Resident
         "world_size": world,
         "policy_version": job.policy_version,
         "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0,
+        "parameters": count_parameters(engine.module),
         "wall_seconds": clock.elapsed(),
         "timing": clock.spans,
     }
@@ -267,7 +299,13 @@ def run(job: TrainJob, resident: Resident | None = None) -> tuple[dict, Resident
 
 
 def export_step(job: TrainJob, engine, out: Path, dtype, rank: int) -> None:
-    export_hf(engine.module, job.policy_dir, out / "hf", dtype=dtype, write=rank == 0)
+    if adapter_plan(job) is None:
+        export_hf(engine.module, job.policy_dir, out / "hf", dtype=dtype, write=rank == 0)
+    else:
+        export_adapter(engine.module, out / ADAPTER_DIR, job.base_uri or "", write=rank == 0)
+        if job.config.train.export_merged:
+            merged = iter_merged_parameters(engine.module, dtype)
+            write_hf(merged, job.policy_dir, out / "hf", dtype, write=rank == 0)
     if job.mode == "rl":  # the warm-start's optimizer state (its own lr) must not leak into RL
         save_optimizer_state(engine, out / STATE_DIR, write=rank == 0)
 
