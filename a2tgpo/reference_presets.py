@@ -146,3 +146,27 @@ def search_qa_7b() -> RunConfig:
             "iterations=300",
         ],
     )
+
+
+# The LoRA variants (project choices, not the recipes' own): rank 32, alpha 64 on every
+# linear layer, and 10x the recipe's learning rate, the LoRA-to-full ratio "LoRA Without
+# Regret" (Thinking Machines, 2025) reports for RL; two GPUs instead of eight, since the
+# optimizer state shrinks from ~12 bytes per weight to ~12 bytes per adapter weight
+# (benchmarks/RESULTS.md, "LoRA").
+_LORA_CLUSTER = ["model.lora.rank=32", "model.lora.alpha=64", "train.num_gpus=2"]
+
+
+def search_qa_7b_lora() -> RunConfig:
+    """`search-qa-7b` training LoRA adapters (rank 32) on two GPUs, learning rate 1e-5."""
+    return apply_overrides(
+        search_qa_7b(),
+        ["preset=search-qa-7b-lora", *_LORA_CLUSTER, "train.learning_rate=1e-5"],
+    )
+
+
+def a2tgpo_qwen3_4b_lora() -> RunConfig:
+    """`a2tgpo-qwen3-4b` training LoRA adapters (rank 32) on two GPUs, learning rate 1e-5."""
+    return apply_overrides(
+        a2tgpo_qwen3_4b(),
+        ["preset=a2tgpo-qwen3-4b-lora", *_LORA_CLUSTER, "train.learning_rate=1e-5"],
+    )

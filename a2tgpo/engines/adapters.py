@@ -74,6 +74,17 @@ def check_target_modules(model, target_modules: list[str]) -> None:
         )
 
 
+def check_model_targets(model_dir: str | os.PathLike[str], target_modules: list[str]) -> None:
+    """`check_target_modules` on the model of `model_dir`, built from its config alone on
+    the meta device (no weights are read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_dir)))
+    check_target_modules(model, target_modules)
+
+
 def merge_adapter(model, adapter_dir: str | os.PathLike[str]):
     """`model` (a transformers causal LM) with the adapter's update merged into its weights."""
     from peft import PeftModel

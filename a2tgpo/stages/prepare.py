@@ -19,11 +19,13 @@ import numpy as np
 import pyarrow as pa
 
 from a2tgpo.config import RunConfig
+from a2tgpo.data.checkpoints import local_policy
 from a2tgpo.data.directories import commit_directory
 from a2tgpo.data.manifest import Manifest
 from a2tgpo.data.schemas import PROMPTS
 from a2tgpo.data.stage import read_manifest, read_stage, resumable, write_stage
 from a2tgpo.data.storage import Storage
+from a2tgpo.engines.adapters import check_model_targets
 from a2tgpo.envs.prompting import load_template, render_prompts
 from a2tgpo.errors import InputError
 
@@ -41,6 +43,7 @@ def run_prepare(
     prompt pools and the fixed held-out sample. Returns their URIs by role."""
     storage = Storage(config.storage)
     ensure_initial_model(config, storage, init_uri)
+    check_lora_targets(config, storage, init_uri)
     if has_training_prompts(config):  # an evaluation of a search-QA file needs none
         ensure_prompt_pool(config, storage, "train", train_pool_uri)
     ensure_prompt_pool(config, storage, "eval", eval_pool_uri)
@@ -64,6 +67,19 @@ def has_training_prompts(config: RunConfig) -> bool:
     """Whether the environment has a training split: the synthetic world always does, a
     search-QA run only with `env.dataset`."""
     return config.env.kind == "synthetic" or bool(config.env.dataset)
+
+
+def check_lora_targets(config: RunConfig, storage: Storage, init_uri: str) -> None:
+    """Refuse `model.lora.target_modules` that the initial model lacks now, from its
+    config alone, rather than at the first train step after a rollout."""
+    if not config.model.lora.enabled:
+        return
+    uri = config.model.policy or init_uri
+    try:
+        source = str(local_policy(storage, uri))
+    except FileNotFoundError:
+        source = uri  # a hub id: transformers fetches its config
+    check_model_targets(source, config.model.lora.target_modules)
 
 
 def ensure_initial_model(config: RunConfig, storage: Storage, uri: str) -> str:

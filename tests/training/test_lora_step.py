@@ -70,7 +70,7 @@ def run(tmp_path_factory, tiny_model_dir):
 
 
 def test_a_lora_step_trains_and_commits_only_the_adapters(run):
-    config, storage, init, _, data, first = run
+    _config, storage, init, _, data, first = run
     losses = first.stats["losses"]
     assert losses[-1] < losses[0] - 0.01, losses  # the adapters alone fit the batch
     assert first.stats["lora"]["base_policy"] == init and first.parents == [data, init]
@@ -95,7 +95,7 @@ def test_a_lora_step_trains_and_commits_only_the_adapters(run):
 
 
 def test_merged_export_equals_base_plus_adapter(run):
-    _, storage, _, vocab, data, first = run
+    _, storage, _, _vocab, data, first = run
     files = policy_files(storage, first.uri)
     seqs = sequences(storage, data)
     starts = [1] * len(seqs)
