@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from a2tgpo.config import RunConfig
+from a2tgpo.engines.adapters import read_adapter_config
 from a2tgpo.engines.base import Engine
 from a2tgpo.engines.options import engine_options
 
@@ -51,6 +52,16 @@ def _engine_key(config: RunConfig, policy_dir: str) -> str:
     digest = hashlib.sha256(tokenizer.read_bytes()).hexdigest() if tokenizer.exists() else ""
     options = json.dumps(engine_options(config), sort_keys=True, default=str)
     return f"{config.rollout.engine}|{options}|{digest}"
+
+
+def options_for(config: RunConfig, adapter_dir: str | None) -> dict:
+    """The engine options, with LoRA slots wide enough for the adapter served even when
+    `model.lora` is unset (evaluating a LoRA checkpoint of another run)."""
+    options = engine_options(config)
+    if adapter_dir:
+        rank = int(read_adapter_config(adapter_dir).get("r") or 0)
+        options["max_lora_rank"] = max(options["max_lora_rank"], rank)
+    return options
 
 
 class EngineSession:
@@ -100,7 +111,7 @@ class EngineSession:
                 self.config.rollout.engine,
                 policy_dir,
                 adapter_dir=adapter_dir,
-                **engine_options(self.config),
+                **options_for(self.config, adapter_dir),
             )
             self.timings.append({"start_s": time.perf_counter() - start})
         elif self.engine.hold(str(policy_dir), adapter_dir):

@@ -111,6 +111,8 @@ class UpdateStats:
             "ratio_mean",
         ):
             self.sums[key] += stats[key] * n
+        if "kl_ref" in stats:  # the KL to the reference policy, when train.kl_coef > 0
+            self.sums["kl_ref"] += stats["kl_ref"] * n
         for k, (frac, count) in enumerate(
             zip(
                 stats.get("clip_fraction_by_turn", []), stats.get("tokens_by_turn", []), strict=True
@@ -213,8 +215,10 @@ def micro_batch_loss(
         weights=weights,
     )
     if train.kl_coef > 0:
-        kl = aggregate(low_var_kl(logp, ref.to(device)), mask, train.loss_agg, denominator)
+        per_token = low_var_kl(logp, ref.to(device))
+        kl = aggregate(per_token, mask, train.loss_agg, denominator)
         loss = loss + train.kl_coef * kl
+        stats["kl_ref"] = float((per_token * mask).sum() / mask.sum().clamp(min=1))
     if entropy is not None:
         loss = loss - train.entropy_coef * aggregate(entropy, mask, train.loss_agg, denominator)
     return loss, stats | correction

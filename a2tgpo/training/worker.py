@@ -193,6 +193,8 @@ def mlflow_metrics(summary: dict) -> dict[str, float]:
         **summary["mismatch"],
         **summary.get("correction", {}),
     }
+    if "kl_ref" in summary:
+        metrics["kl/reference"] = summary["kl_ref"]
     for k, fraction in summary.get("clip_fraction_by_turn", {}).items():
         metrics[f"clip_fraction/turn_{k}"] = fraction
     return metrics

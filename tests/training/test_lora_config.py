@@ -130,3 +130,13 @@ def test_an_engine_without_lora_slots_refuses_an_adapter(tmp_path, adapted):
         AdapterSlot(0).check(str(tmp_path / "adapter"))
     with pytest.raises(AdapterError, match="rank 4, above the engine's max_lora_rank 1"):
         AdapterSlot(1).check(str(tmp_path / "adapter"))
+
+
+def test_an_adapter_policy_gets_lora_slots_without_model_lora(tmp_path, adapted):
+    """Evaluating another run's LoRA checkpoint needs no model.lora: the engine started
+    for it gets slots of the adapter's rank."""
+    from a2tgpo.rollout.session import options_for
+
+    export_adapter(adapted, tmp_path / "adapter", "base", write=True)
+    assert options_for(RunConfig(), None)["max_lora_rank"] == 0
+    assert options_for(RunConfig(), str(tmp_path / "adapter"))["max_lora_rank"] == 4

@@ -43,9 +43,14 @@ def advantaged(storage: Storage, uri: str, vocab: int, rollout_logprobs=None) ->
     return uri
 
 
-def train(config, data, policy, out, version):
+def train(config, data, policy, out, version, reference=None):
     return run_train_step(
-        config, advantaged_uri=data, policy_uri=policy, out_uri=out, policy_version=version
+        config,
+        advantaged_uri=data,
+        policy_uri=policy,
+        out_uri=out,
+        policy_version=version,
+        reference_uri=reference,
     )
 
 
@@ -135,16 +140,20 @@ def test_trainer_vllm_and_hf_agree_on_the_adapter_and_resume_is_exact(run):
             np.testing.assert_allclose(v, h, atol=1e-4)
         rollout = [[0.0, *v.tolist()] for v in served]
         data2 = advantaged(storage, storage.join("run", "adv2"), vocab, rollout)
+        # one epoch, and the KL to the base: the same engine with its adapters off
         config1 = config.model_copy(
-            update={"train": config.train.model_copy(update={"ppo_epochs": 1})}
+            update={"train": config.train.model_copy(update={"ppo_epochs": 1, "kl_coef": 0.1})}
         )
-        second = train(config1, data2, first.uri, storage.join("run", "step2"), 2)
+        second = train(config1, data2, first.uri, storage.join("run", "step2"), 2, init)
         gaps = {k: v for k, v in second.stats["metrics"].items() if "mismatch/abs_diff" in k}
         assert gaps and max(gaps.values()) < 1e-4, gaps
         assert second.parents == [data2, first.uri, init]
+        # KL(policy || base), the base's log-probs taken with the adapters off: the adapter
+        # of step 1 moved the policy, so it is positive (0 would mean the adapters stayed on)
+        assert second.stats["metrics"]["kl/reference"] > 1e-4
         state = json.loads((materialize(storage, second.uri) / "optim" / "state.json").read_text())
         assert state["step"] == 4 + 1  # AdamW carried over: step 1 took 4 optimizer steps
-        again = train(config1, data2, first.uri, storage.join("run", "step2-again"), 2)
+        again = train(config1, data2, first.uri, storage.join("run", "step2-again"), 2, init)
         assert again.stats["losses"] == second.stats["losses"]
         a, b = (load_file(materialize(storage, m.uri) / "adapter" / "adapter_model.safetensors")
                 for m in (second, again))  # fmt: skip
