@@ -28,25 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from benchmarks.gpu_shapes import TINY
+from benchmarks.gpu_shapes import QWEN25_7B, SMALL, TINY
 
-QWEN25_7B = dict(  # Qwen/Qwen2.5-7B-Instruct's config.json
-    hidden_size=3584,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    intermediate_size=18944,
-    vocab_size=152064,
-    tie_word_embeddings=False,
-)
-SMALL = dict(
-    hidden_size=512,
-    num_hidden_layers=4,
-    num_attention_heads=8,
-    num_key_value_heads=8,
-    intermediate_size=1408,
-    vocab_size=1024,
-)
 STATE_BYTES = 12  # AdamW exp_avg + exp_avg_sq + fp32 master, per trained weight (bf16)
 
 

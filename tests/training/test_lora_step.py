@@ -169,3 +169,18 @@ def test_trainer_vllm_and_hf_agree_on_the_adapter_and_resume_is_exact(run):
             np.testing.assert_allclose(v, h, atol=1e-4)
     finally:
         engine.close()
+
+
+def test_two_ranks_partition_base_and_adapters_and_match_one(run):
+    """ZeRO-3 over two gloo ranks (frozen base and adapters both partitioned) trains the
+    adapter one rank trains."""
+    config, storage, init, _, data, first = run
+    two = config.model_copy(update={"train": config.train.model_copy(update={"cpu_processes": 2})})
+    manifest = train(two, data, init, storage.join("run", "step1-two-ranks"), 1)
+    assert manifest.stats["world_size"] == 2
+    assert manifest.stats["losses"] == pytest.approx(first.stats["losses"], abs=1e-6)
+    ours, theirs = (load_file(materialize(storage, m.uri) / "adapter" / "adapter_model.safetensors")
+                    for m in (manifest, first))  # fmt: skip
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], atol=1e-6, rtol=0)
