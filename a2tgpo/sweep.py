@@ -130,10 +130,13 @@ def warmstart_config(spec: SweepSpec, seed: int) -> RunConfig:
 
 
 def _warmstart_inputs(config: RunConfig) -> str:
-    parts = [config.model, config.env, config.warmstart, config.reward]
+    parts = [config.env, config.warmstart, config.reward]
+    # model.lora is not read: the warm-start trains every weight (it is the adapters' base)
+    model = config.model.model_dump(exclude={"lora"})
     rollout = config.rollout.model_dump(include={"max_observation_tokens"})
     train = config.train.model_dump(include={"ppo_epochs", "micro_batch_tokens", "num_gpus"})
-    return json.dumps([p.model_dump() for p in parts] + [rollout, train], sort_keys=True)
+    dumps = [model, *(p.model_dump() for p in parts), rollout, train]
+    return json.dumps(dumps, sort_keys=True)
 
 
 def from_warmstart(config: RunConfig, warmstart_uri: str) -> RunConfig:

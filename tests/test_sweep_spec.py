@@ -60,6 +60,13 @@ def test_members_of_one_seed_share_the_warmstart():
     assert member.model.policy == "s3://b/ws/checkpoint" and not member.warmstart.enabled
 
 
+def test_a_lora_preset_shares_the_full_warmstart_it_trains_adapters_on():
+    """The warm-start trains every weight whatever model.lora says: LoRA and full
+    fine-tuning members of one seed start from the same warm-started policy."""
+    config = warmstart_config(spec(presets=["embedded", "embedded-lora"]), 0)
+    assert not config.model.lora.enabled  # the first preset's: the warm-start is full
+
+
 def test_a_warmstart_is_not_shared_across_different_worlds():
     mixed = spec(presets=["grpo", "hard-grpo"])
     with pytest.raises(ValueError, match="no-share-warmstart"):
