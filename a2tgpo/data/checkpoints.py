@@ -3,8 +3,8 @@
 A policy is named by a URI: a committed checkpoint folder in storage (`hf/` holding
 the HF model and, after an RL step, `optim/` holding the optimizer state as
 safetensors + JSON, `a2tgpo.training.optimizer_state`), a plain local HF folder (a
-user's model), or a Hugging Face hub id (fetched by transformers/vLLM themselves in a
-cluster; nothing is downloaded here). A LoRA step's checkpoint holds `adapter/` (peft's
+user's model), or a Hugging Face hub id (`owner/name`: its safetensors snapshot is
+downloaded once into the HF cache, as in a cluster; nothing can be downloaded here). A LoRA step's checkpoint holds `adapter/` (peft's
 folder, whose config names the frozen base policy's URI) instead of `hf/`, or beside a
 merged `hf/` (`train.export_merged`); `policy_files` resolves it to base + adapter.
 
@@ -16,6 +16,7 @@ is refused before anything opens it, whatever its manifest says.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from a2tgpo.data.storage import Storage
 from a2tgpo.engines.adapters import ADAPTER_CONFIG, AdapterError, adapter_base
 
 MARKERS = ("config.json", ADAPTER_CONFIG)  # what makes a folder a model or an adapter
+# A hub model id, `owner/name` (a path that does not exist locally is read as one).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+HUB_FILES = ("*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 STATE_DIR = "optim"
 ADAPTER_DIR = "adapter"
@@ -39,8 +43,11 @@ def checkpoint_parts(local: Path) -> tuple[Path, Path | None]:
     """(HF folder, optimizer state folder or None) of a local checkpoint or model folder."""
     hf = local / "hf" if (local / "hf" / "config.json").exists() else local
     if not (hf / "config.json").exists():
-        lora = " (a LoRA checkpoint: read it with policy_files)" * is_adapter_checkpoint(local)
-        raise FileNotFoundError(f"no HF model (config.json) in checkpoint {local}{lora}")
+        lora = " (it is a LoRA checkpoint: policy_files reads it)"
+        raise FileNotFoundError(
+            f"no HF model (config.json) in checkpoint {local}"
+            + (lora if is_adapter_checkpoint(local) else "")
+        )
     state = local / STATE_DIR
     return hf, state if state.is_dir() else None
 
@@ -71,7 +78,24 @@ def local_checkpoint(storage: Storage, uri: str) -> Path:
     path = Path(uri)
     if any((path / sub / name).exists() for sub in ("", "hf", ADAPTER_DIR) for name in MARKERS):
         return path  # a plain local model folder, e.g. the user's own model
+    if HUB_ID.match(uri) and not path.exists():
+        return hub_snapshot(uri)
     raise FileNotFoundError(f"no committed checkpoint and no model folder at {uri}")
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local snapshot of a Hugging Face hub model (downloaded once into the HF cache,
+    $HF_HUB_CACHE; offline with HF_HUB_OFFLINE=1): its weights as safetensors, configs
+    and tokenizer, never a pickle."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=list(HUB_FILES)))
+    except Exception as error:  # offline, unknown repo, gated, no network: say which
+        raise FileNotFoundError(
+            f"{repo_id} is not a committed checkpoint or a local model folder, and the "
+            f"Hugging Face hub could not provide it ({type(error).__name__}: {error})"
+        ) from None
 
 
 def local_policy(storage: Storage, uri: str) -> Path:
