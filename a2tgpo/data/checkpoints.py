@@ -113,8 +113,17 @@ class PolicyFiles:
     base_uri: str | None = None  # the URI of `model_dir` when it is an adapter's base
 
 
+def adapter_folder(local: Path) -> Path | None:
+    """The LoRA adapter of a checkpoint (`adapter/`), or of a bare peft folder (a user's
+    adapter: `adapter_config.json` at the top), or None."""
+    for folder in (local / ADAPTER_DIR, local):
+        if (folder / ADAPTER_CONFIG).is_file():
+            return folder
+    return None
+
+
 def is_adapter_checkpoint(local: Path) -> bool:
-    return (local / ADAPTER_DIR / ADAPTER_CONFIG).is_file()
+    return adapter_folder(local) is not None
 
 
 def policy_files(storage: Storage, uri: str) -> PolicyFiles:
@@ -122,9 +131,9 @@ def policy_files(storage: Storage, uri: str) -> PolicyFiles:
     downloaded) from the URI its adapter config names."""
     local = local_checkpoint(storage, uri)
     state = local / STATE_DIR if (local / STATE_DIR).is_dir() else None
-    if not is_adapter_checkpoint(local):
+    adapter = adapter_folder(local)
+    if adapter is None:
         return PolicyFiles(checkpoint_parts(local)[0], None, state)
-    adapter = local / ADAPTER_DIR
     base_uri = adapter_base(adapter)
     base = policy_files(storage, base_uri)
     if base.adapter_dir is not None:

@@ -46,7 +46,9 @@ def test_hub_ids_resolve_to_their_cached_snapshot_also_as_an_adapter_base(tmp_pa
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     (adapter / "adapter_model.safetensors").write_bytes(b"")
     env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin"}
-    uris = ["acme/tiny-policy", str(adapter.parent), "acme/missing"]
+    bare = tmp_path / "peft-folder"  # as peft's save_pretrained writes it
+    shutil.copytree(adapter, bare)
+    uris = ["acme/tiny-policy", str(adapter.parent), str(bare), "acme/missing"]
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "store"), *uris],
         capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2],
@@ -55,4 +57,5 @@ def test_hub_ids_resolve_to_their_cached_snapshot_also_as_an_adapter_base(tmp_pa
     out = json.loads(result.stdout.splitlines()[-1])
     assert out["acme/tiny-policy"] == [str(snapshot), "None", None]
     assert out[str(adapter.parent)] == [str(snapshot), str(adapter), "acme/tiny-policy"]
+    assert out[str(bare)] == [str(snapshot), str(bare), "acme/tiny-policy"]
     assert "Hugging Face hub could not provide it" in out["acme/missing"]
