@@ -189,10 +189,11 @@ def mlflow_metrics(summary: dict) -> dict[str, float]:
         "approx_kl": summary.get("approx_kl", 0.0),
         "throughput/train_tokens_per_s": summary["tokens_per_s"],
         "train/skipped_too_long": float(summary.get("skipped_too_long", 0)),
-        "train/trainable_params": float(summary["parameters"]["trainable"]),
         **summary["mismatch"],
         **summary.get("correction", {}),
     }
+    if "parameters" in summary:  # all of them, or the LoRA adapters'
+        metrics["train/trainable_params"] = float(summary["parameters"]["trainable"])
     if "kl_ref" in summary:
         metrics["kl/reference"] = summary["kl_ref"]
     for k, fraction in summary.get("clip_fraction_by_turn", {}).items():
