@@ -69,7 +69,7 @@ def embedded_lora() -> RunConfig:
     the warm-started tiny policy instead of all its weights. Adapters need a larger
     learning rate than full fine-tuning (the update is a low-rank product that starts at
     zero): 3e-3, 3x the embedded run's. 1e-2 (the 10x of "LoRA Without Regret") rose for 4
-    iterations, then fell back with ~2-15% of tokens clipped (benchmarks/RESULTS.md)."""
+    iterations, then fell back with 3-16% of tokens clipped (benchmarks/RESULTS.md)."""
     return apply_overrides(
         embedded(), ["preset=embedded-lora", "model.lora.rank=8", "train.learning_rate=3e-3"]
     )

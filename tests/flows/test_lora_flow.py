@@ -19,8 +19,10 @@ pytestmark = pytest.mark.slow
 def test_a_lora_run_trains_adapters_rolls_out_with_them_and_resumes(prefect_harness, s3_run_config):
     config = apply_overrides(
         s3_run_config,
-        ["run_id=lora", "iterations=1", "model.lora.rank=8", "train.learning_rate=1e-2",
-         "eval.initial=false", "eval.every=0"],  # fmt: skip
+        [
+            *("run_id=lora", "iterations=1", "model.lora.rank=8", "train.learning_rate=1e-2"),
+            *("eval.initial=false", "eval.every=0"),
+        ],
     )
     layout = RunLayout.of(config)
     base = layout.initial_policy(config)  # the warm-started policy: the adapters' base
