@@ -35,8 +35,8 @@ pytestmark = pytest.mark.slow
 FAILPOINTS = [
     "stage-start:warmstart:-",
     "before-commit:iter=00000/trajectories",
-    "stage-start:score-ig:0",
-    "before-commit:iter=00000/scored",
+    # score-ig's boundary and middle are the same commit path as the stages beside it
+    # (and tests/flows/test_train_flow.py kills a run after score-ig on S3)
     "before-commit:iter=00000/advantaged",
     "stage-start:train-step:0",
     "before-commit:iter=00000/checkpoint",

@@ -36,6 +36,12 @@ TINY_RUN = [
 @pytest.fixture
 def s3_run_config(s3_endpoint: str, mlflow_uri: str, tmp_path: Path) -> RunConfig:
     """The tiny run on the moto S3 store, tracked in a fresh MLflow sqlite file."""
+    return s3_config(s3_endpoint, mlflow_uri, tmp_path)
+
+
+def s3_config(s3_endpoint: str, mlflow_uri: str, tmp_path: Path) -> RunConfig:
+    """The tiny run on a new prefix of the moto S3 store, tracked at `mlflow_uri`, its
+    stage cache under `tmp_path`."""
     os.environ["A2TGPO_CACHE"] = str(tmp_path / "cache")
     prefix = uuid.uuid4().hex[:8]
     return resolve_config(

@@ -4,6 +4,7 @@ MLflow on sqlite, vLLM rollouts and DeepSpeed training on CPU; then a crash and 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from a2tgpo.layout import RunLayout
 from a2tgpo.tracking.figures import FIGURE_PATHS
 from a2tgpo.tracking.mlflow_logger import experiment_name
 from flows.train import train_flow
+from tests.flows.conftest import s3_config
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +39,19 @@ def stage_manifests(layout: RunLayout, iterations: int) -> dict[str, object]:
     return out
 
 
-def test_train_flow_end_to_end_on_s3(prefect_harness, s3_run_config):
-    config = s3_run_config.model_copy(update={"run_id": "e2e"})
-    result = train_flow(config=config)
+@pytest.fixture(scope="module")
+def e2e_run(prefect_harness, s3_endpoint, mlflow_template, tmp_path_factory):
+    """The tiny run on S3, trained once: checked end to end below, and the uninterrupted
+    run a killed one must equal."""
+    folder = tmp_path_factory.mktemp("e2e")
+    shutil.copy(mlflow_template, folder / "mlflow.db")
+    config = s3_config(s3_endpoint, f"sqlite:///{folder / 'mlflow.db'}", folder)
+    config = config.model_copy(update={"run_id": "e2e"})
+    return config, train_flow(config=config)
+
+
+def test_train_flow_end_to_end_on_s3(e2e_run):
+    config, result = e2e_run
     layout = RunLayout.of(config)
     manifests = stage_manifests(layout, config.iterations)
     for k in range(config.iterations):
@@ -130,12 +142,9 @@ def flow_runs_of(run_id: str) -> dict[str, str]:
     return {str(run.id): run.state.type.value for run in runs}
 
 
-def test_killed_after_score_ig_resumes_without_recomputing(
-    prefect_harness, s3_run_config, tmp_path
-):
-    reference = s3_run_config.model_copy(update={"run_id": "reference"})
-    crashy = s3_run_config.model_copy(update={"run_id": "crashy"})
-    train_flow(config=reference)
+def test_killed_after_score_ig_resumes_without_recomputing(e2e_run, tmp_path):
+    reference, _ = e2e_run  # the same run, uninterrupted
+    crashy = reference.model_copy(update={"run_id": "crashy"})
 
     layout = RunLayout.of(crashy)
     process, log = run_flow_in_subprocess(crashy, tmp_path)

@@ -4,6 +4,7 @@ and peft: the adapter the trainer commits is the policy vLLM and HF then run."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,7 @@ from a2tgpo.data.stage import write_stage
 from a2tgpo.data.storage import Storage
 from a2tgpo.engines import make_engine
 from a2tgpo.stages.train_step import run_train_step
+from a2tgpo.training.persistent import PersistentTrainer
 
 pytestmark = pytest.mark.slow
 RANK = 8
@@ -43,7 +45,8 @@ def advantaged(storage: Storage, uri: str, vocab: int, rollout_logprobs=None) ->
     return uri
 
 
-def train(config, data, policy, out, version, reference=None):
+def train(config, data, policy, out, version, reference=None, trainer=None):
+    """A train step in new worker processes, or on a persistent `trainer`'s."""
     return run_train_step(
         config,
         advantaged_uri=data,
@@ -51,6 +54,7 @@ def train(config, data, policy, out, version, reference=None):
         out_uri=out,
         policy_version=version,
         reference_uri=reference,
+        session=SimpleNamespace(trainer=trainer) if trainer else None,
     )
 
 
@@ -61,16 +65,27 @@ def sequences(storage: Storage, uri: str) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_model_dir):
-    """Step 1 (new adapters, the merged folder exported too) from the tiny model."""
-    tmp_path = tmp_path_factory.mktemp("lora")
-    config = lora_config(tmp_path, ppo_epochs=4, export_merged=True)
+def config(tmp_path_factory) -> RunConfig:
+    return lora_config(tmp_path_factory.mktemp("lora"), ppo_epochs=4, export_merged=True)
+
+
+@pytest.fixture(scope="module")
+def trainer(config):
+    """A persistent trainer: its ranks keep the engine (adapters, AdamW) between steps."""
+    with PersistentTrainer(config) as resident:
+        yield resident
+
+
+@pytest.fixture(scope="module")
+def run(config, trainer, tiny_model_dir):
+    """Step 1 (new adapters, the merged folder exported too) from the tiny model, on the
+    persistent trainer."""
     storage = Storage(config.storage)
     init = storage.join("run", "init")
     commit_directory(storage, tiny_model_dir, init, policy_version=0)
     vocab = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
     data = advantaged(storage, storage.join("run", "adv"), vocab)
-    first = train(config, data, init, storage.join("run", "step1"), 1)
+    first = train(config, data, init, storage.join("run", "step1"), 1, trainer=trainer)
     return config, storage, init, vocab, data, first
 
 
@@ -115,7 +130,7 @@ def test_merged_export_equals_base_plus_adapter(run):
         assert np.abs(a - p).max() > 1e-3  # the adapter changes the policy
 
 
-def test_trainer_vllm_and_hf_agree_on_the_adapter_and_resume_is_exact(run):
+def test_trainer_vllm_and_hf_agree_on_the_adapter_and_resume_is_exact(run, trainer):
     """vLLM serves base + adapter; its log-probs, stored as the rollout's, equal the
     trainer's old log-probs of the next step (ZeRO-3, adapter loaded from the checkpoint);
     a new adapter is then loaded into the same engine in place."""
@@ -144,7 +159,8 @@ def test_trainer_vllm_and_hf_agree_on_the_adapter_and_resume_is_exact(run):
         config1 = config.model_copy(
             update={"train": config.train.model_copy(update={"ppo_epochs": 1, "kl_coef": 0.1})}
         )
-        second = train(config1, data2, first.uri, storage.join("run", "step2"), 2, init)
+        # step 2 on the trainer still holding step 1 in memory ...
+        second = train(config1, data2, first.uri, storage.join("run", "step2"), 2, init, trainer)
         gaps = {k: v for k, v in second.stats["metrics"].items() if "mismatch/abs_diff" in k}
         assert gaps and max(gaps.values()) < 1e-4, gaps
         assert second.parents == [data2, first.uri, init]
@@ -153,11 +169,12 @@ def test_trainer_vllm_and_hf_agree_on_the_adapter_and_resume_is_exact(run):
         assert second.stats["metrics"]["kl/reference"] > 1e-4
         state = json.loads((materialize(storage, second.uri) / "optim" / "state.json").read_text())
         assert state["step"] == 4 + 1  # AdamW carried over: step 1 took 4 optimizer steps
+        # ... equals step 2 resumed from step 1's adapter checkpoint, bit for bit
         again = train(config1, data2, first.uri, storage.join("run", "step2-again"), 2, init)
         assert again.stats["losses"] == second.stats["losses"]
-        a, b = (load_file(materialize(storage, m.uri) / "adapter" / "adapter_model.safetensors")
-                for m in (second, again))  # fmt: skip
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        for part in ("adapter/adapter_model.safetensors", "optim/optimizer.safetensors"):
+            a, b = (load_file(materialize(storage, m.uri) / part) for m in (second, again))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
         # the next adapter, in the running engine
         files2 = policy_files(storage, second.uri)
         assert engine.hold(str(files2.model_dir), str(files2.adapter_dir))
