@@ -75,10 +75,10 @@ def check_lora_targets(config: RunConfig, storage: Storage, init_uri: str) -> No
     if not config.model.lora.enabled:
         return
     uri = config.model.policy or init_uri
-    try:
+    if read_manifest(storage, uri) is not None or Path(uri).exists():
         source = str(local_policy(storage, uri))
-    except FileNotFoundError:
-        source = uri  # a hub id: transformers fetches its config
+    else:  # a hub id: transformers fetches its config.json alone, not the weights
+        source = uri
     check_model_targets(source, config.model.lora.target_modules)
 
 
